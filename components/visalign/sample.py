@@ -1,0 +1,205 @@
+"""Sample: pick N image-question prompts from seed files (LLaVA-665k JSON or VLMEvalKit TSV).
+
+Seeded and reproducible; at most `max_questions_per_image` questions per image; the short-answer
+suffix is stripped (SeVa). Only the picked images are fetched, and each must open: a corrupt or
+missing image is dropped with its reason and the next candidate takes its place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import csv
+import io
+import json
+import logging
+import random
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from visalign import schema
+from visalign.recipes import SampleParams
+from visalign.report import StageReport, progress
+from visalign.schema import Prompt
+
+log = logging.getLogger(__name__)
+OPTION_LETTERS = "ABCDEFGHIJ"
+YES_NO = {"yes", "no"}
+
+
+@dataclass
+class Candidate:
+    source: str
+    source_row: str
+    image_key: str  # identifies the image across questions (URI or content digest)
+    question: str
+    reference: str | None
+    answer_type: str | None
+    fetch: object  # () -> bytes
+
+
+def _read(uri: str) -> bytes:
+    if uri.startswith("s3://"):
+        from visalign import store
+
+        return store.read_bytes(uri)
+    return Path(uri.removeprefix("file://")).read_bytes()
+
+
+def _join(base: str, rel: str) -> str:
+    return rel if "://" in rel or rel.startswith("/") else f"{base.rstrip('/')}/{rel}"
+
+
+def _answer_type(reference: str | None, has_options: bool) -> str | None:
+    if has_options:
+        return "multiple_choice"
+    if reference is None:
+        return None
+    return "yes_no" if reference.strip().lower() in YES_NO else "short"
+
+
+def read_llava_json(uri: str, report: StageReport, image_root: str | None = None) -> Iterator[Candidate]:
+    """Every (human question, gpt answer) turn of every row that has an image."""
+    try:
+        rows = json.loads(_read(uri))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{uri}: not valid JSON ({e.msg} at line {e.lineno}); expected LLaVA conversation rows") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{uri}: expected a JSON list of LLaVA rows, got {type(rows).__name__}")
+    root = image_root or (uri.rsplit("/", 1)[0] if "/" in uri else ".")
+    for i, row in enumerate(rows):
+        where = f"{uri} row {i}"
+        if not isinstance(row, dict) or not isinstance(row.get("conversations"), list):
+            report.drop("missing_field", f"{where}: field 'conversations' missing or not a list")
+            continue
+        if not isinstance(row.get("image"), str):
+            report.drop("no_image", f"{where}: field 'image' missing (text-only row)")
+            continue
+        image_uri = _join(root, row["image"])
+        turns = row["conversations"]
+        for t in range(0, len(turns) - 1, 2):
+            human, gpt = turns[t], turns[t + 1]
+            if not (isinstance(human, dict) and isinstance(gpt, dict) and isinstance(human.get("value"), str)):
+                report.drop("missing_field", f"{where}: field 'conversations[{t}].value' missing")
+                continue
+            question = human["value"].replace("<image>", "").strip()
+            reference = gpt.get("value") if isinstance(gpt.get("value"), str) else None
+            yield Candidate(uri, f"{row.get('id', i)}#{t // 2}", image_uri, question, reference,
+                            _answer_type(reference, False), lambda u=image_uri: _read(u))
+
+
+def read_vlmeval_tsv(uri: str, report: StageReport) -> Iterator[Candidate]:
+    """One candidate per row; options A-J are appended to the question as VLMEvalKit prints them."""
+    csv.field_size_limit(sys.maxsize)  # base64 images are long fields
+    reader = csv.DictReader(io.StringIO(_read(uri).decode("utf-8")), delimiter="\t")
+    for i, row in enumerate(reader, start=2):  # row 1 is the header
+        where = f"{uri} row {i}"
+        missing = [f for f in ("image", "question") if not row.get(f)]
+        if missing:
+            report.drop("missing_field", f"{where}: field '{missing[0]}' missing or empty")
+            continue
+        options = [(k, row[k]) for k in OPTION_LETTERS if row.get(k) not in (None, "", "nan")]
+        question = row["question"].strip()
+        if options:
+            question += "\n" + "\n".join(f"{k}. {v}" for k, v in options)
+        image_b64 = row["image"]
+        if image_b64.startswith("["):
+            report.drop("multi_image_row", f"{where}: field 'image' holds several images; not a single-image seed")
+            continue
+        reference = row.get("answer") or None
+        yield Candidate(uri, str(row.get("index", i)), f"{uri}#{row.get('index', i)}", question, reference,
+                        _answer_type(reference, bool(options)),
+                        lambda b=image_b64: base64.b64decode(b, validate=True))
+
+
+def read_candidates(uri: str, report: StageReport, image_root: str | None = None) -> Iterator[Candidate]:
+    if uri.endswith(".json"):
+        return read_llava_json(uri, report, image_root)
+    if uri.endswith(".tsv"):
+        return read_vlmeval_tsv(uri, report)
+    raise ValueError(f"{uri}: unknown seed format; expected a LLaVA .json or a VLMEvalKit .tsv file")
+
+
+def strip_suffixes(question: str, suffixes: tuple[str, ...]) -> str:
+    for suffix in suffixes:
+        question = re.sub(r"\s*" + re.escape(suffix) + r"\s*$", "", question)
+    return question.strip()
+
+
+def _load_image(fetch) -> tuple[bytes, str]:
+    """The image's bytes and format, after checking it decodes completely."""
+    from PIL import Image
+
+    data = fetch()
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()  # verify() misses truncated files; a full decode does not
+        return data, (im.format or "PNG").lower()
+
+
+def run(*, sources: list[str], output_dir: str, params: SampleParams, image_root: str | None = None) -> StageReport:
+    """Pick prompts from `sources` (LLaVA .json or VLMEvalKit .tsv, local or s3://)."""
+    report = StageReport("sample")
+    out = Path(output_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    candidates = [c for uri in sources for c in read_candidates(uri, report, image_root)]
+    report.rows_in = len(candidates) + sum(report.dropped.values())
+    rng = random.Random(params.seed)
+    rng.shuffle(candidates)
+    per_image: Counter[str] = Counter()
+    not_picked: Counter[str] = Counter()  # over a quota: not a loss, so not a drop
+    prompts: list[Prompt] = []
+    bad_images: set[str] = set()
+    for c in progress(candidates, desc="sample", total=len(candidates)):
+        if len(prompts) >= params.num_prompts:
+            not_picked["over_num_prompts"] += 1
+            continue
+        if c.image_key in bad_images:
+            report.drop("unreadable_image", f"{c.source} row {c.source_row}: image {c.image_key} (seen before)")
+            continue
+        if per_image[c.image_key] >= params.max_questions_per_image:
+            not_picked["over_max_questions_per_image"] += 1
+            continue
+        try:
+            data, fmt = _load_image(c.fetch)
+        except (OSError, ValueError, binascii.Error) as e:
+            bad_images.add(c.image_key)
+            report.drop("unreadable_image", f"{c.source} row {c.source_row}: field 'image' ({c.image_key}): {e}")
+            continue
+        rel = f"images/{schema.stable_id(c.image_key)}.{fmt}"
+        if not (out / rel).exists():
+            (out / rel).write_bytes(data)
+        per_image[c.image_key] += 1
+        question = strip_suffixes(c.question, params.strip_suffixes)
+        prompts.append(Prompt(id=schema.stable_id(c.source, c.source_row, question), images=[rel],
+                              question=question, source=c.source, source_row=c.source_row,
+                              reference=c.reference, answer_type=c.answer_type))
+    if not prompts:
+        log.warning("sample: no prompts picked from %s; see the drop reasons in the report", sources)
+    report.rows_out = schema.write_rows(out / schema.PROMPTS_FILE, prompts)
+    report.extra.update(not_picked=dict(not_picked), sources=sources, images=len(per_image),
+                        answer_types=dict(Counter(p.answer_type or "none" for p in prompts)))
+    report.write(out)
+    return report
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from visalign import recipes
+
+    parser.add_argument("--input", action="append", required=True, dest="sources",
+                        help="Seed file URI: LLaVA .json or VLMEvalKit .tsv, local or s3:// (repeatable).")
+    parser.add_argument("--image-root", default=None, help="Where LLaVA rows' image paths start (default: beside the JSON).")
+    parser.add_argument("--output", required=True, help="Output directory for prompts.jsonl, images/ and report.json.")
+    recipes.add_arguments(parser, "sample")
+
+
+def cli(args: argparse.Namespace) -> int:
+    from visalign import recipes
+
+    recipe = recipes.recipe_from_args(args, "sample")
+    run(sources=args.sources, output_dir=args.output, params=recipe.sample, image_root=args.image_root)
+    return 0

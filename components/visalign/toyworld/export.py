@@ -1,0 +1,261 @@
+"""Write a toy world to disk in the formats the real pipeline reads.
+
+    out_dir/
+      world.json                 seed, counts, sizes, hashes, object frequencies
+      corpus.txt                 every question/answer text, for the tokenizer
+      seeds/llava.json           LLaVA-665k conversations (the pipeline's seed prompts)
+      seeds/images/*.png
+      train/llava.json           the base model's SFT data, same format, its own images
+      train/images/*.png
+      benchmarks/toy_pope.tsv    VLMEvalKit TSV, yes/no, category = random/popular/adversarial
+      benchmarks/toy_mc.tsv      VLMEvalKit TSV, A-D options, answer = the letter
+      benchmarks/toy_short.tsv   VLMEvalKit TSV, short answers, category = colour/shape/count
+
+Each part draws from its own child of one numpy SeedSequence, so adding train images never
+changes the benchmark. Benchmark images must never equal a train-side image: a one-shape scene
+can repeat by chance, so such draws are skipped, and the written TSVs are decoded and checked
+again at the end (a collision raises, it is never silently tolerated).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visalign.report import progress
+from visalign.schema import stable_id
+from visalign.toyworld import world as W
+
+log = logging.getLogger("visalign.toyworld")
+
+WORLD_FILE = "world.json"
+CORPUS_FILE = "corpus.txt"
+LLAVA_FILE = "llava.json"
+BENCHMARKS = ("toy_pope", "toy_mc", "toy_short")
+TSV_COLUMNS = ["index", "image", "question", "answer", "category"]
+SEED_QUESTIONS_PER_IMAGE = 3  # > SeVa's 2 per image, so the sample stage's cap has work to do
+BENCH_QUESTIONS_PER_IMAGE = 2  # per benchmark: POPE's yes + no, or two kinds in turn
+MAX_REJECTED_DRAWS = 10_000
+
+
+def build_world(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    num_seed_images: int = 300,
+    num_train_images: int = 2500,
+    num_bench_images: int = 96,
+    image_size: int = 64,
+) -> dict[str, Any]:
+    """Build the world under `out_dir` (layout in the module docstring); returns paths and counts."""
+    problems = [f"{name}={v}: must be >= 1" for name, v in (
+        ("num_seed_images", num_seed_images), ("num_train_images", num_train_images),
+        ("num_bench_images", num_bench_images)) if v < 1]
+    if image_size < 24:
+        problems.append(f"image_size={image_size}: must be >= 24 so a small shape covers a few pixels")
+    if problems:
+        raise ValueError("toyworld: " + "; ".join(problems))
+    out = Path(out_dir)
+    # One child stream per part: the prior, each split, and the question draws of each split.
+    prior_ss, seeds_ss, train_ss, bench_ss, q_ss = np.random.SeedSequence(seed).spawn(5)
+    prior = W.object_prior(np.random.default_rng(prior_ss))
+    seed_scenes = _scenes(seeds_ss, prior, num_seed_images)
+    train_scenes = _scenes(train_ss, prior, num_train_images)
+    # POPE ranks its negatives by statistics of the data a model was trained on: the train side.
+    stats = W.WorldStats.from_scenes(seed_scenes + train_scenes)
+    q_seed, q_train, q_bench = (np.random.default_rng(s) for s in q_ss.spawn(3))
+
+    hashes = {
+        "seeds": _write_llava(out / "seeds", "seed", seed_scenes, image_size,
+                              lambda i, sc: _seed_questions(i, sc, q_seed, stats)),
+        "train": _write_llava(out / "train", "train", train_scenes, image_size,
+                              lambda i, sc: _train_questions(i, sc, q_train, stats)),
+    }
+    bench_scenes, rejected = _bench_scenes(np.random.default_rng(bench_ss), prior, num_bench_images,
+                                           image_size, hashes["seeds"] | hashes["train"])
+    hashes["benchmarks"] = {W.pixel_hash(W.render(s, image_size)) for s in bench_scenes}
+    rows = _write_benchmarks(out / "benchmarks", bench_scenes, image_size, q_bench, stats)
+    check_disjoint(out)
+    (out / CORPUS_FILE).write_text("\n".join(W.text_corpus()) + "\n", encoding="utf-8")
+    return _write_manifest(out, seed, image_size, hashes, {
+        "seed_images": num_seed_images, "train_images": num_train_images,
+        "bench_images": num_bench_images, "bench_draws_rejected_as_train_duplicates": rejected,
+        **{f"{k}_rows": v for k, v in rows.items()},
+        "seed_questions": len(_read_json(out / "seeds" / LLAVA_FILE)),
+        "train_questions": len(_read_json(out / "train" / LLAVA_FILE)),
+    }, stats)
+
+
+def _scenes(ss: np.random.SeedSequence, prior: np.ndarray, n: int) -> list[W.Scene]:
+    rng = np.random.default_rng(ss)
+    return [W.sample_scene(rng, prior) for _ in range(n)]
+
+
+# ---- questions per split -----------------------------------------------------------------
+
+def _seed_questions(i: int, scene: W.Scene, rng: np.random.Generator, stats: W.WorldStats) -> list[W.Question]:
+    """Existence (yes or no) plus short kinds in turn: several questions per image."""
+    pair = W.pope_pair(scene, W.POPE_STRATEGIES[i % 3], rng, stats)
+    qs = [pair[int(rng.integers(2))]]
+    for kind in W.rotate(tuple(W.SHORT_KINDS), i):
+        q = W.short_question(scene, kind, rng)
+        if q is not None and len(qs) < SEED_QUESTIONS_PER_IMAGE:
+            qs.append(q)
+    return qs
+
+
+def _train_questions(i: int, scene: W.Scene, rng: np.random.Generator, stats: W.WorldStats) -> list[W.Question]:
+    """Every kind the benchmarks ask, so the base model knows each format: a balanced POPE pair
+    (strategy in turn), each applicable short kind, and one multiple-choice question."""
+    qs = W.pope_pair(scene, W.POPE_STRATEGIES[i % 3], rng, stats)
+    qs += [q for kind in W.SHORT_KINDS if (q := W.short_question(scene, kind, rng)) is not None]
+    mc = W.first_available(lambda k: W.mc_question(scene, k, rng), W.rotate(W.MC_KINDS, i))
+    return qs + ([mc] if mc else [])
+
+
+def _write_llava(split_dir: Path, split: str, scenes: list[W.Scene], image_size: int, questions) -> set[str]:
+    """Images plus LLaVA-665k entries (one question per entry); returns the images' pixel hashes."""
+    (split_dir / "images").mkdir(parents=True, exist_ok=True)
+    entries, hashes = [], set()
+    for i, scene in enumerate(progress(scenes, f"toyworld {split} images")):
+        img = W.render(scene, image_size)
+        rel = f"images/{split}_{i:05d}.png"
+        img.save(split_dir / rel, format="PNG")
+        hashes.add(W.pixel_hash(img))
+        for q in questions(i, scene):
+            entries.append({
+                "id": stable_id("toyworld", split, rel, q.question, q.options),
+                "image": rel,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{q.prompt()}"},
+                    {"from": "gpt", "value": q.answer},
+                ],
+            })
+    _write_json(split_dir / LLAVA_FILE, entries)
+    # Kept beside the images for tests and analysis: what each image shows.
+    _write_json(split_dir / "scenes.json", [s.to_dict() for s in scenes])
+    return hashes
+
+
+# ---- benchmarks --------------------------------------------------------------------------
+
+def _bench_scenes(rng: np.random.Generator, prior: np.ndarray, n: int, image_size: int,
+                  train_hashes: set[str]) -> tuple[list[W.Scene], int]:
+    """n scenes whose renders differ from every train-side image (draws that repeat one are
+    skipped and counted, so a held-out score is never a memorised image)."""
+    scenes, rejected = [], 0
+    while len(scenes) < n:
+        scene = W.sample_scene(rng, prior)
+        if W.pixel_hash(W.render(scene, image_size)) in train_hashes:
+            rejected += 1
+            if rejected > MAX_REJECTED_DRAWS:
+                raise RuntimeError(f"toyworld: {rejected} benchmark draws repeated a train image; "
+                                   "the world is too small for this many train images")
+            continue
+        scenes.append(scene)
+    return scenes, rejected
+
+
+def _write_benchmarks(bench_dir: Path, scenes: list[W.Scene], image_size: int, rng: np.random.Generator,
+                      stats: W.WorldStats) -> dict[str, int]:
+    """The three TSVs share the benchmark images, as POPE's three splits share COCO images."""
+    images = [_b64_png(W.render(s, image_size)) for s in scenes]
+    per_bench: dict[str, list[tuple[int, W.Question]]] = {b: [] for b in BENCHMARKS}
+    for i, scene in enumerate(scenes):
+        per_bench["toy_pope"] += [(i, q) for q in W.pope_pair(scene, W.POPE_STRATEGIES[i % 3], rng, stats)]
+        for j in range(BENCH_QUESTIONS_PER_IMAGE):
+            turn = BENCH_QUESTIONS_PER_IMAGE * i + j
+            mc = W.first_available(lambda k: W.mc_question(scene, k, rng), W.rotate(W.MC_KINDS, turn))
+            short = W.first_available(lambda k: W.short_question(scene, k, rng), W.rotate(tuple(W.SHORT_KINDS), turn))
+            per_bench["toy_mc"] += [(i, mc)] if mc else []
+            per_bench["toy_short"] += [(i, short)] if short else []
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in per_bench.items():
+        _write_tsv(bench_dir / f"{name}.tsv", rows, images, with_options=name == "toy_mc")
+        _write_json(bench_dir / f"{name}.scenes.json", [scenes[i].to_dict() for i, _ in rows])
+    return {name: len(rows) for name, rows in per_bench.items()}
+
+
+def _write_tsv(path: Path, rows: list[tuple[int, W.Question]], images: list[str], *, with_options: bool) -> None:
+    columns = TSV_COLUMNS + (list(W.LETTERS) if with_options else [])
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        for index, (img_i, q) in enumerate(rows):
+            # The bare question, as VLMEvalKit stores it; the evaluator adds the answer format.
+            row = [index, images[img_i], q.question, q.answer, q.category]
+            writer.writerow(row + (list(q.options) if with_options else []))
+
+
+def _b64_png(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+
+
+def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def check_disjoint(world_dir: str | os.PathLike) -> None:
+    """Re-read what was written: no benchmark image may equal a seed or train image."""
+    world_dir = Path(world_dir)
+    train_side = {W.pixel_hash(Image.open(p)): p.name
+                  for split in ("seeds", "train") for p in sorted((world_dir / split / "images").glob("*.png"))}
+    for name in BENCHMARKS:
+        for row in read_tsv(world_dir / "benchmarks" / f"{name}.tsv"):
+            h = W.pixel_hash(decode_image(row["image"]))
+            if h in train_side:
+                raise RuntimeError(f"toyworld: {name}.tsv row {row['index']} shows the same pixels as train-side "
+                                   f"image {train_side[h]}; benchmark images must be held out")
+
+
+# ---- files -------------------------------------------------------------------------------
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_manifest(out: Path, seed: int, image_size: int, hashes: dict[str, set[str]], counts: dict[str, int],
+                    stats: W.WorldStats) -> dict:
+    paths = {
+        "world": out / WORLD_FILE, "corpus": out / CORPUS_FILE,
+        "seeds": out / "seeds" / LLAVA_FILE, "train": out / "train" / LLAVA_FILE,
+        **{name: out / "benchmarks" / f"{name}.tsv" for name in BENCHMARKS},
+    }
+    manifest = {
+        "seed": seed, "image_size": image_size, "counts": counts,
+        "colours": list(W.COLOURS), "shapes": list(W.SHAPES), "cells": list(W.CELLS), "sizes": list(W.SIZES),
+        # Content hashes of every data file: two builds with the same seed must match exactly.
+        "sha256": {k: _sha256(p) for k, p in paths.items() if k != "world"},
+        # One digest of the sorted pixel hashes of each split's images.
+        "image_pixels_sha256": {k: hashlib.sha256("".join(sorted(v)).encode()).hexdigest()
+                                for k, v in hashes.items()},
+        "object_frequency": stats.to_dict()["frequency"],
+    }
+    _write_json(paths["world"], manifest)
+    log.info("toyworld: built %s (%s)", out, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return {"paths": {k: str(p) for k, p in paths.items()}, "counts": counts}

@@ -1,0 +1,224 @@
+"""Train: preference optimisation of the policy on the pairs, with TRL's DPOTrainer.
+
+LoRA on the language model's linear layers (not the projector, the vision tower or lm_head, as
+SeVa), a frozen reference (PEFT's disabled adapter), DeepSpeed ZeRO-2/3 from the configs shipped
+in visalign/deepspeed/, bf16 on GPU. The resolved recipe, the parameters and the loss curve go
+to MLflow; the adapter (and, on request, the merged model) is the model artifact, with a
+visalign_model.json naming its base and provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from visalign import schema
+from visalign.recipes import Recipe, TrainParams
+from visalign.report import StageReport
+
+log = logging.getLogger(__name__)
+
+# TRL 1.16's DPO loss names (DPOConfig.loss_type); listed once, validated by recipes.validate.
+LOSS_TYPES = frozenset({
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+})
+DEEPSPEED_CONFIGS = ("zero2", "zero3")
+
+
+def deepspeed_config(name: str) -> str:
+    """Path of a shipped DeepSpeed config; 'auto' values are filled in by transformers."""
+    if name not in DEEPSPEED_CONFIGS:
+        raise ValueError(f"train.deepspeed={name!r}: choose one of {DEEPSPEED_CONFIGS} or None")
+    return str(resources.files("visalign") / "deepspeed" / f"{name}.json")
+
+
+def language_model_linear_layers(model: Any) -> list[str]:
+    """Names of every nn.Linear inside the language model (what SeVa's LoRA targets).
+
+    Found through get_decoder() rather than architecture-specific names, so LLaVA, Qwen2-VL,
+    Idefics3 and InternVL all work; lm_head sits outside the decoder and is left alone.
+    """
+    import torch
+
+    decoder = model.get_decoder()
+    prefix = next(name for name, module in model.named_modules() if module is decoder)
+    names = [f"{prefix}.{n}" for n, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not names:
+        raise ValueError(f"{type(model).__name__}: no linear layers found in its language model ({prefix})")
+    return names
+
+
+def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1):
+    """Pairs as a datasets.Dataset in TRL's conversational vision format, images decoded lazily."""
+    from datasets import Dataset, Image, List
+
+    pairs = schema.read_rows(Path(pairs_dir) / schema.PAIRS_FILE)
+    if not pairs:
+        raise ValueError(f"{pairs_dir}/{schema.PAIRS_FILE}: no pairs to train on (did the filter drop everything? "
+                         f"see its report.json)")
+    rows = [{
+        "images": [str(Path(pairs_dir) / im) for im in p.images],
+        "prompt": [{"role": "user", "content": [{"type": "image"} for _ in p.images] + [{"type": "text", "text": p.prompt}]}],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": p.chosen}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": p.rejected}]}],
+    } for p in pairs] * repeats  # SeVa's reference code feeds the data twice per epoch
+    return Dataset.from_list(rows).cast_column("images", List(Image())), pairs
+
+
+def _single_process_env(use_deepspeed: bool) -> None:
+    """DeepSpeed needs a process group even for one process (else it looks for mpi4py)."""
+    if not use_deepspeed or "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _dpo_config(params: TrainParams, ckpt_dir: Path, bf16: bool):
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(ckpt_dir), loss_type=list(params.loss_type),
+        loss_weights=list(params.loss_weights) if params.loss_weights else None, beta=params.beta,
+        learning_rate=params.learning_rate, lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        num_train_epochs=params.num_epochs, per_device_train_batch_size=params.per_device_batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps, max_length=params.max_length,
+        bf16=bf16, gradient_checkpointing=params.gradient_checkpointing, logging_steps=params.logging_steps,
+        save_strategy="steps", save_steps=params.save_steps, save_total_limit=2, seed=params.seed,
+        deepspeed=deepspeed_config(params.deepspeed) if params.deepspeed else None,
+        report_to=[], remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
+def _loss_curve_callback(run_id: str | None):
+    """Sends every logged step (loss, rewards, margins, accuracies) to the stage's MLflow run."""
+    from transformers import TrainerCallback
+
+    class LossCurve(TrainerCallback):
+        def __init__(self):
+            self.history: list[dict[str, float]] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            self.history.append({"step": state.global_step, **numbers})
+            if run_id and state.is_world_process_zero:
+                import mlflow
+
+                now = int(time.time() * 1000)
+                mlflow.MlflowClient().log_batch(run_id, metrics=[
+                    mlflow.entities.Metric(k, v, now, state.global_step) for k, v in numbers.items()])
+
+    return LossCurve()
+
+
+def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, recipe: Recipe | None = None,
+        experiment: str = "visalign") -> StageReport:
+    """Train a LoRA adapter (or the full model, lora_r=0) on the pairs; save it with its card."""
+    import mlflow
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText
+    from trl import DPOTrainer
+
+    from visalign import tracking
+    from visalign.models import load_processor, local_dir
+
+    report = StageReport("train")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, pairs = load_pairs_dataset(pairs_dir, params.data_repeats)
+    report.rows_in = len(pairs)
+    gpu = torch.cuda.is_available()
+    bf16 = params.precision == "bf16" or (params.precision == "auto" and gpu)
+    _single_process_env(params.deepspeed is not None)
+    base_dir = local_dir(model)
+    policy = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
+    processor = load_processor(base_dir)
+    peft_config = None
+    if params.lora_r > 0:
+        peft_config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+                                 target_modules=language_model_linear_layers(policy), task_type="CAUSAL_LM")
+    ckpt_dir = Path(params.checkpoint_dir) if params.checkpoint_dir else out / "_checkpoints"
+    resume = any(ckpt_dir.glob("checkpoint-*"))
+    with tracking.start_run(experiment, run_name=f"train-{recipe.name if recipe else 'dpo'}") as mlrun:
+        tracking.log_params_flat({"recipe": recipe.to_dict() if recipe else {}, "train": _asdict(params),
+                                  "base_model": str(model), "pairs": len(pairs)})
+        curve = _loss_curve_callback(mlrun.info.run_id)
+        trainer = DPOTrainer(model=policy, args=_dpo_config(params, ckpt_dir, bf16), train_dataset=dataset,
+                             processing_class=processor, peft_config=peft_config, callbacks=[curve])
+        log.info("train: %d pairs x %d repeats, %s, resume=%s", len(pairs), params.data_repeats,
+                 f"LoRA r={params.lora_r}" if peft_config else "full", resume)
+        result = trainer.train(resume_from_checkpoint=resume or None)
+        _save(trainer, processor, out, params, model, recipe, pairs, pairs_dir, mlrun.info.run_id)
+        (out / "loss_curve.json").write_text(json.dumps(curve.history))
+        mlflow.log_artifact(str(out / "loss_curve.json"))
+    if not params.checkpoint_dir:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    report.rows_out = len(pairs)
+    metrics = result.metrics
+    report.extra.update(
+        model=str(model), steps=result.global_step, resumed=resume, final_loss=round(result.training_loss, 6),
+        train_seconds=metrics.get("train_runtime"), samples_per_second=metrics.get("train_samples_per_second"),
+        mlflow_run_id=mlrun.info.run_id, deepspeed=params.deepspeed, bf16=bf16,
+        peak_gpu_memory_gb=round(torch.cuda.max_memory_allocated() / 2**30, 3) if gpu else None,
+    )
+    report.write(out)
+    return report
+
+
+def _asdict(params: TrainParams) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(params)
+
+
+def _save(trainer, processor, out: Path, params: TrainParams, base: str, recipe: Recipe | None,
+          pairs: list, pairs_dir: str, run_id: str) -> None:
+    """Adapter (or full model) + processor + card; the merged model too when asked for."""
+    trainer.save_model(str(out))
+    processor.save_pretrained(out)
+    merged = None
+    if params.merge and params.lora_r > 0:
+        merged = "merged"
+        trainer.model.merge_and_unload().save_pretrained(out / merged)
+        processor.save_pretrained(out / merged)
+    card = schema.ModelCard(
+        kind="adapter" if params.lora_r > 0 else "full", base=str(base) if params.lora_r > 0 else None,
+        recipe=recipe.to_dict() if recipe else {"train": _asdict(params)},
+        data={"pairs": len(pairs), "pairs_dir": str(pairs_dir),
+              "pairs_digest": schema.stable_id(sorted(p.id for p in pairs))},
+        mlflow_run_id=run_id, merged=merged)
+    schema.write_model_card(out, card)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from visalign import recipes
+
+    parser.add_argument("--pairs", required=True, help="Directory with pairs.jsonl and images (the filter's output).")
+    parser.add_argument("--model", required=True, help="Base model directory or s3:// URI.")
+    parser.add_argument("--output", required=True, help="Output directory for the adapter and report.json.")
+    recipes.add_arguments(parser, "train")
+
+
+def cli(args: argparse.Namespace) -> int:
+    from visalign import recipes
+
+    recipe = recipes.recipe_from_args(args, "train")
+    run(pairs_dir=args.pairs, model=args.model, output_dir=args.output, params=recipe.train, recipe=recipe,
+        experiment=f"visalign-{recipe.name}")
+    return 0

@@ -1,0 +1,166 @@
+"""KFP components: thin adapters that load the recipe and call one stage's `run`.
+
+Lightweight Python components (imports inside the body, base_image = our image, nothing
+installed at run time) so that kfp.local's SubprocessRunner runs the very same pipeline on a
+laptop. Each docstring's Args block is what the Kubeflow UI shows for the parameters.
+"""
+
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from visalign_pipelines.settings import image
+
+component = dsl.component(base_image=image(), packages_to_install=[], install_kfp_package=False)
+
+
+@component
+def sample(sources: List[str], recipe: str, profile: str, overrides: dict, prompts: Output[Dataset]):
+    """Pick image-question prompts from seed files.
+
+    Args:
+        sources: Seed file URIs: LLaVA-665k .json (images beside it) or VLMEvalKit .tsv, s3:// or local.
+        recipe: Recipe name (seva, ...); its parameters are the papers' defaults.
+        profile: paper (the papers' values) or toy (scaled down for the toyworld model).
+        overrides: Recipe parameters to change, as {"stage.field": value}, e.g. {"sample.num_prompts": 1000}.
+    """
+    from visalign import recipes
+    from visalign import sample as stage
+
+    r = recipes.load(recipe, profile, overrides)
+    stage.run(sources=sources, output_dir=prompts.path, params=r.sample)
+
+
+@component
+def augment(prompts: Input[Dataset], recipe: str, profile: str, overrides: dict, views: Output[Dataset]):
+    """Make an augmented view of every prompt's image (SeVa: diffusion noise).
+
+    Args:
+        prompts: The sample step's prompts.
+        recipe: Recipe name.
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"augment.diffusion_step": 500}.
+    """
+    from visalign import augment as stage
+    from visalign import recipes
+
+    r = recipes.load(recipe, profile, overrides)
+    stage.run(prompts_dir=prompts.path, output_dir=views.path, params=r.augment)
+
+
+@component
+def rollout(prompts: Input[Dataset], views: Input[Dataset], model: str, recipe: str, profile: str,
+            overrides: dict, responses: Output[Dataset]):
+    """Answer every prompt greedily on its clean image and on its augmented view (GPU).
+
+    Args:
+        prompts: The sample step's prompts.
+        views: The augment step's views.
+        model: The policy: a Hugging Face model directory URI (s3://...).
+        recipe: Recipe name.
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"rollout.batch_size": 16}.
+    """
+    from visalign import recipes
+    from visalign import rollout as stage
+
+    r = recipes.load(recipe, profile, overrides)
+    stage.run(prompts_dir=prompts.path, views_dir=views.path, model=model, output_dir=responses.path,
+              params=r.rollout)
+
+
+@component
+def filter_pairs(prompts: Input[Dataset], responses: Input[Dataset], recipe: str, profile: str,
+                 overrides: dict, pairs: Output[Dataset]):
+    """Turn clean/augmented answers into preference pairs (TRL format).
+
+    Args:
+        prompts: The sample step's prompts.
+        responses: The rollout step's responses.
+        recipe: Recipe name.
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"filter.target_count": 8000}.
+    """
+    from visalign import filter as stage
+    from visalign import recipes
+
+    r = recipes.load(recipe, profile, overrides)
+    stage.run(prompts_dir=prompts.path, responses_dir=responses.path, output_dir=pairs.path, params=r.filter)
+
+
+@component
+def train(pairs: Input[Dataset], model: str, recipe: str, profile: str, overrides: dict, experiment: str,
+          adapter: Output[Model]):
+    """Preference-train the policy on the pairs (TRL DPO, LoRA, DeepSpeed) (GPU).
+
+    Args:
+        pairs: The filter step's pairs.
+        model: The base model URI (s3://...); the adapter records it as its base.
+        recipe: Recipe name.
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"train.deepspeed": "zero2"}.
+        experiment: MLflow experiment for the training run.
+    """
+    from visalign import recipes
+    from visalign import train as stage
+
+    r = recipes.load(recipe, profile, overrides)
+    stage.run(pairs_dir=pairs.path, model=model, output_dir=adapter.path, params=r.train, recipe=r,
+              experiment=experiment)
+
+
+@component
+def evaluate(benchmarks: List[str], base_model: str, aligned: Input[Model], recipe: str, profile: str,
+             overrides: dict, results: Output[Dataset], metrics: Output[Metrics]):
+    """Score the base and the aligned model on VLMEvalKit-TSV benchmarks.
+
+    Args:
+        benchmarks: Benchmark TSV URIs (or prefixes holding .tsv files), s3:// or local.
+        base_model: The base model URI.
+        aligned: The train step's model.
+        recipe: Recipe name.
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"evaluate.limit": 100}.
+    """
+    import json
+    from pathlib import Path
+
+    from visalign import evaluate as stage
+    from visalign import recipes, schema
+
+    r = recipes.load(recipe, profile, overrides)
+    card = schema.read_model_card(aligned.path)
+    stage.run(benchmarks=benchmarks, models={"base": base_model, "aligned": aligned.path}, output_dir=results.path,
+              params=r.evaluate, mlflow_run_id=card.mlflow_run_id if card else None)
+    scores = json.loads((Path(results.path) / schema.RESULTS_FILE).read_text())
+    for model_name in ("base", "aligned"):
+        for bench, values in scores.get(model_name, {}).items():
+            for metric, value in values.items():
+                if isinstance(value, (int, float)):
+                    metrics.log_metric(f"{model_name}/{bench}/{metric}", float(value))
+
+
+@component
+def register(aligned: Input[Model], results: Input[Dataset], recipe: str, profile: str, overrides: dict,
+             decision: Output[Dataset]) -> str:
+    """Register the model in MLflow; alias it champion only if it beats the current one.
+
+    Args:
+        aligned: The train step's model.
+        results: The evaluate step's results.
+        recipe: Recipe name.
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"register.max_guard_drop": 0.02}.
+
+    Returns:
+        The alias given: champion or challenger.
+    """
+    from visalign import recipes
+    from visalign import register as stage
+
+    r = recipes.load(recipe, profile, overrides)
+    report = stage.run(model_dir=aligned.path, eval_dir=results.path, output_dir=decision.path, params=r.register,
+                       tags={"recipe": recipe, "profile": profile})
+    return report.extra["alias"]
