@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema, store
-from visalign.recipes import SHORT_ANSWER_SUFFIX, EvaluateParams
+from visalign.recipes import SHORT_ANSWER_SUFFIX, ConfigError, EvaluateParams
 from visalign.report import StageReport, progress
 from visalign.schema import Prediction
 
 log = logging.getLogger(__name__)
 
-# LLaVA's multiple-choice prompt (llava/eval/model_vqa_loader.py; VLMEvalKit's LLaVA wrapper uses it).
+# VLMEvalKit's LLaVA prompt (vlmeval/vlm/llava/llava.py build_prompt; LLaVA's own MMBench eval).
 MC_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
 # LLaVA-1.5's short-answer suffix, used for yes/no (POPE) and short-answer questions alike.
 SHORT_PROMPT = "{question}\n" + SHORT_ANSWER_SUFFIX
@@ -207,8 +207,10 @@ def read_benchmark(uri: str, report: StageReport, limit: int | None = None) -> B
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
     reader = csv.DictReader(io.StringIO(store.read_bytes(uri).decode("utf-8")), delimiter="\t")
     letters = [c for c in (reader.fieldnames or []) if c in LETTERS]
-    raws = [r for _, r in zip(range(limit if limit is not None else sys.maxsize), reader)]
-    image_map = {str(r.get("index")): r.get("image") or "" for r in raws}
+    every = list(reader)
+    # A row may refer to the image of a row beyond the limit: map the images of every row.
+    image_map = {str(r.get("index")): r.get("image") or "" for r in every}
+    raws = every[:limit]
     rows, cache = [], {}
     for i, raw in enumerate(raws, start=2):  # row 1 is the header
         try:
@@ -217,7 +219,7 @@ def read_benchmark(uri: str, report: StageReport, limit: int | None = None) -> B
             name, _, problem = str(e).partition(": ")
             reason = "bad_image" if name == "image" else "missing_field"
             report.drop(reason, f"{uri}: row {i} (index {raw.get('index')}): field '{name}': {problem}")
-    return Benchmark(name=Path(uri.rstrip("/")).name.rsplit(".", 1)[0], source=uri,
+    return Benchmark(name=Path(uri).stem, source=uri,
                      task=infer_task(rows), rows=rows, rows_read=len(raws))
 
 
@@ -352,10 +354,10 @@ def log_to_mlflow(results: dict[str, Any], output_dir: Path, run_id: str | None)
 
     from visalign import tracking
 
-    metrics = {f"{m}/{b}/{k}": float(v) for m, benches in results.items() if not m.startswith("_")
-               for b, values in benches.items() for k, v in values.items()}
-    with tracking.start_run(EXPERIMENT, run_id=run_id, run_name="evaluate") as active:
-        mlflow.log_metrics(metrics)
+    with tracking.start_run(EXPERIMENT, run_name="evaluate", run_id=run_id) as active:
+        for model, benches in results.items():
+            if not model.startswith("_"):
+                tracking.log_metrics_prefixed(benches, prefix=model)
         mlflow.log_artifact(str(output_dir / schema.RESULTS_FILE), artifact_path="evaluate")
         return active.info.run_id
 
@@ -366,8 +368,10 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
     report = StageReport("evaluate")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not models:
-        raise ValueError("evaluate: no model given; pass --model NAME=URI (e.g. base=... aligned=...)")
+    bad = [n for n in models if not n or n.startswith("_") or "/" in n]
+    if not models or bad:
+        raise ConfigError([f"models={dict(models)}: give at least one NAME=URI; names must not be empty, start "
+                           f"with '_' or hold '/' (they key results.json and MLflow metrics): {bad}"])
     # Read (and validate) every benchmark before loading any model: a bad file fails in seconds.
     benches = [read_benchmark(uri, report, params.limit) for uri in find_benchmarks(benchmarks)]
     report.rows_in = sum(b.rows_read for b in benches)
@@ -401,13 +405,12 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
 
 
 def _parse_models(items: Sequence[str]) -> dict[str, str]:
-    models = {}
-    for item in items:
-        name, eq, uri = item.partition("=")
-        if not eq or not name or not uri:
-            raise ValueError(f"--model {item!r}: write it as NAME=URI, e.g. aligned=s3://bucket/model")
-        models[name] = uri
-    return models
+    pairs = [item.partition("=") for item in items]
+    bad = [f"--model {a + eq + b!r}: write it as NAME=URI, e.g. aligned=s3://bucket/model"
+           for a, eq, b in pairs if not (a and eq and b)]
+    if bad:
+        raise ConfigError(bad)
+    return {name: uri for name, _, uri in pairs}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

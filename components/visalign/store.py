@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import urllib3
 from minio import Minio
@@ -53,7 +53,7 @@ class StoreError(RuntimeError):
     """A storage operation failed; the message names the URI and what to do."""
 
     def __init__(self, uri: str, message: str):
-        self.uri = uri
+        self.uri, self.message = uri, message
         super().__init__(f"{uri}: {message}")
 
 
@@ -102,7 +102,14 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 def _local(uri: str | os.PathLike) -> Path:
     text = str(uri)
-    return Path(urlsplit(text).path) if text.startswith("file://") else Path(text)
+    if text.startswith("file://"):
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise StoreError(text, "a file:// URI needs an absolute path: file:///path/to/file")
+        return Path(unquote(parts.path))
+    if "://" in text:  # e.g. gs://: refuse rather than create a local folder named 'gs:'
+        raise StoreError(text, "unsupported URI scheme; use a local path, file:// or s3://")
+    return Path(text)
 
 
 def _join(base: str, rel: str) -> str:
@@ -164,6 +171,8 @@ def is_transient(error: BaseException) -> bool:
 
 def _translate(uri: str, error: Exception) -> Exception:
     """A non-transient error as a StoreError whose message says what to do."""
+    if isinstance(error, StoreConfigError):  # raised before the URI was known
+        return StoreConfigError(uri, error.message)
     if isinstance(error, StoreError):
         return error
     if not isinstance(error, S3Error):
@@ -275,7 +284,8 @@ def exists(uri: str | os.PathLike) -> bool:
 def list_uris(prefix_uri: str | os.PathLike, recursive: bool = True) -> list[str]:
     """The files under a directory or S3 prefix, sorted, as URIs in the prefix's own form.
 
-    recursive=False lists only the direct children, directories ending with '/'.
+    recursive=False lists only the direct children, directories ending with '/'. A missing
+    directory or an S3 prefix with nothing under it raises StoreNotFound.
     """
     prefix_uri = str(prefix_uri)
     if not is_s3(prefix_uri):
@@ -289,6 +299,8 @@ def list_uris(prefix_uri: str | os.PathLike, recursive: bool = True) -> list[str
     bucket, key = split_s3(prefix_uri)
     prefix = _dir_key(key)
     objects = _call(prefix_uri, lambda: list(client().list_objects(bucket, prefix=prefix, recursive=recursive)))
+    if not objects:  # S3 has no empty directories: as a missing local directory does, say so
+        raise StoreNotFound(prefix_uri, "no such prefix (no objects under it)")
     rels = [o.object_name[len(prefix):] for o in objects]
     return sorted(_join(prefix_uri, r) for r in rels if r and (not recursive or not r.endswith("/")))
 

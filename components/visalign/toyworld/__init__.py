@@ -1,0 +1,38 @@
+"""toyworld: a synthetic shapes world and a tiny VLM, so tests and the demo need no downloads.
+
+    from visalign.toyworld import build_world, train_base_model
+    world = build_world("world/", seed=0)                        # seeds, SFT data, benchmarks
+    model = train_base_model("world/", "base_model/", steps=1200)  # the demo's base model
+
+torch and transformers are imported only inside the model functions, so importing this package
+(for the world alone) stays light.
+"""
+
+from visalign.toyworld.export import BENCHMARKS, build_world, check_disjoint, decode_image, read_tsv
+from visalign.toyworld.model import CHAT_TEMPLATE, build_tiny_vlm, train_tokenizer
+from visalign.toyworld.sft import build_untrained_model, train_base_model
+from visalign.toyworld.world import (
+    COLOURS,
+    MC_SUFFIX,
+    OBJECTS,
+    POPE_STRATEGIES,
+    SHAPES,
+    Question,
+    Scene,
+    Shape,
+    WorldStats,
+    mc_prompt,
+    pixel_hash,
+    pope_negative,
+    pope_pair,
+    render,
+    sample_scene,
+    text_corpus,
+)
+
+__all__ = [
+    "BENCHMARKS", "CHAT_TEMPLATE", "COLOURS", "MC_SUFFIX", "OBJECTS", "POPE_STRATEGIES", "SHAPES",
+    "Question", "Scene", "Shape", "WorldStats", "build_tiny_vlm", "build_untrained_model", "build_world",
+    "check_disjoint", "decode_image", "mc_prompt", "pixel_hash", "pope_negative", "pope_pair", "read_tsv",
+    "render", "sample_scene", "text_corpus", "train_base_model", "train_tokenizer",
+]

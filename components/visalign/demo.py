@@ -1,0 +1,133 @@
+"""`visalign demo`: a recipe end to end on this machine, the way a cluster would run it.
+
+Builds the toy world and its base model (cached), starts the local stack (SeaweedFS S3 + MLflow)
+unless one is running, uploads seeds, benchmarks and the base model to S3, runs the recipe's
+pipeline through kfp.local on those s3:// inputs, and prints and saves a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _timed(label: str, timings: dict[str, float]):
+    class Timer:
+        def __enter__(self):
+            self.start = time.monotonic()
+            log.info("demo: %s ...", label)
+
+        def __exit__(self, *exc):
+            timings[label] = round(time.monotonic() - self.start, 2)
+
+    return Timer()
+
+
+def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, float]) -> tuple[Path, Path]:
+    """The toy world and its base model, built once per (seed, steps) and reused."""
+    from visalign.toyworld import build_world, train_base_model
+
+    world, model = out / f"world-{seed}", out / f"base-model-{seed}-{base_steps}"
+    if not (world / "world.json").exists():
+        with _timed("build toy world", timings):
+            build_world(world, seed=seed)
+    if not (model / "config.json").exists():
+        with _timed("train base model", timings):
+            train_base_model(world, model, steps=base_steps, seed=seed)
+    return world, model
+
+
+def upload_inputs(world: Path, model: Path, bucket: str, timings: dict[str, float]) -> dict[str, Any]:
+    from visalign import store
+
+    prefix = f"s3://{bucket}/demo"
+    with _timed("upload inputs to S3", timings):
+        store.upload_dir(world / "seeds", f"{prefix}/seeds")
+        store.upload_dir(world / "benchmarks", f"{prefix}/benchmarks")
+        store.upload_dir(model, f"{prefix}/models/{model.name}")
+    benchmarks = sorted(p.name for p in (world / "benchmarks").glob("*.tsv"))
+    return {"seeds": [f"{prefix}/seeds/llava.json"], "benchmarks": [f"{prefix}/benchmarks/{b}" for b in benchmarks],
+            "base_model": f"{prefix}/models/{model.name}"}
+
+
+def summarize(recipe: str, run_dir: Path, timings: dict[str, float]) -> dict[str, Any]:
+    from visalign_pipelines.local import find_output, stage_reports
+
+    reports = stage_reports(run_dir)
+    results = json.loads((find_output(run_dir, "evaluate", "results") / "results.json").read_text())
+    registry = reports.get("register", {})
+    return {
+        "recipe": recipe,
+        "stages": [{"name": name, "rows_in": r.get("rows_in"), "rows_out": r.get("rows_out"),
+                    "seconds": r.get("seconds")} for name, r in reports.items()],
+        "metrics": {"base": results.get("base", {}), "aligned": results.get("aligned", {})},
+        "registry": {"model": registry.get("model"), "version": registry.get("version"),
+                     "alias": registry.get("alias"), "reasons": registry.get("reasons")},
+        "timings": timings,
+        "run_dir": str(run_dir),
+    }
+
+
+def print_summary(summary: dict[str, Any], mlflow_url: str) -> None:
+    print(f"\n== visalign demo: recipe {summary['recipe']} ==")
+    print(f"{'stage':<10}{'rows in':>9}{'rows out':>10}{'seconds':>10}")
+    for s in summary["stages"]:
+        print(f"{s['name']:<10}{s['rows_in']:>9}{s['rows_out']:>10}{s['seconds']:>10.1f}")
+    print("\nbenchmark metric              base   aligned")
+    for bench, metrics in summary["metrics"]["base"].items():
+        for metric, value in metrics.items():
+            aligned = summary["metrics"]["aligned"].get(bench, {}).get(metric)
+            if isinstance(value, (int, float)) and "/" not in metric:
+                print(f"{bench + '/' + metric:<28}{value:>7.3f}{aligned if aligned is None else f'{aligned:>10.3f}'}")
+    reg = summary["registry"]
+    print(f"\nregistry: {reg['model']} version {reg['version']} -> @{reg['alias']}")
+    for reason in reg.get("reasons") or []:
+        print(f"  - {reason}")
+    print(f"\nMLflow UI: {mlflow_url}    stop the stack with: visalign stack down")
+
+
+def run(*, recipe: str, out: Path, seed: int = 0, base_steps: int | None = None,
+        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from visalign import stack
+    from visalign.toyworld import DEFAULT_BASE_STEPS
+    from visalign_pipelines.local import run_pipeline
+
+    timings: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    world, model = prepare_inputs(out, seed, base_steps or DEFAULT_BASE_STEPS, timings)
+    settings = stack.StackSettings.from_env()
+    with _timed("stack up", timings):
+        info = stack.ensure_up(settings)
+    os.environ.update(stack.env(settings))
+    inputs = upload_inputs(world, model, settings.bucket, timings)
+    with _timed("pipeline", timings):
+        run_dir = run_pipeline(recipe, {**inputs, "profile": "toy", "overrides": overrides or {},
+                                        "experiment": f"visalign-{recipe}-demo"}, out / "kfp-runs")
+    timings["total"] = round(time.monotonic() - start, 2)
+    summary = summarize(recipe, run_dir, timings)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary, info.mlflow_url)
+    return summary
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default="seva", help="Recipe (pipeline) to run.")
+    parser.add_argument("--out", default="demo-output", help="Where the world, model, runs and summary.json go.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the toy world and base model.")
+    parser.add_argument("--base-steps", type=int, default=None, help="SFT steps of the toy base model.")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                        help="Override a recipe parameter of the run (repeatable).")
+
+
+def cli(args: argparse.Namespace) -> int:
+    overrides = dict(item.split("=", 1) for item in args.set)
+    run(recipe=args.recipe, out=Path(args.out), seed=args.seed, base_steps=args.base_steps, overrides=overrides)
+    return 0

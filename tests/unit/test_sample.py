@@ -1,0 +1,63 @@
+import base64
+import io
+import json
+
+import pytest
+
+from conftest import draw
+from visalign import sample, schema
+from visalign.recipes import SampleParams
+
+
+def test_picks_seeded_capped_and_stripped(llava_seeds, tmp_path):
+    out = tmp_path / "out"
+    report = sample.run(sources=[str(llava_seeds)], output_dir=str(out), params=SampleParams(num_prompts=10, seed=1))
+    prompts = schema.read_rows(out / schema.PROMPTS_FILE)
+    assert len(prompts) == 10 == report.rows_out
+    per_image = {}
+    for p in prompts:
+        per_image[p.images[0]] = per_image.get(p.images[0], 0) + 1
+        assert "single word" not in p.question and "<image>" not in p.question
+        assert (out / p.images[0]).exists()
+    assert max(per_image.values()) <= 2
+    # Same seed -> same prompts; another seed -> another pick.
+    again = sample.run(sources=[str(llava_seeds)], output_dir=str(tmp_path / "again"), params=SampleParams(num_prompts=10, seed=1))
+    assert [p.id for p in schema.read_rows(tmp_path / "again" / schema.PROMPTS_FILE)] == [p.id for p in prompts]
+    assert again.rows_out == 10
+
+
+def test_bad_rows_are_counted_with_file_row_field(llava_seeds, tmp_path):
+    report = sample.run(sources=[str(llava_seeds)], output_dir=str(tmp_path / "o"), params=SampleParams(num_prompts=100))
+    d = report.to_dict()
+    assert d["dropped"] == {"unreadable_image": 1, "missing_field": 1, "no_image": 1}
+    assert "field 'conversations'" in d["drop_examples"]["missing_field"][0]
+    assert str(llava_seeds) in d["drop_examples"]["unreadable_image"][0]
+    assert d["rows_out"] == 16  # 8 images x at most 2 questions
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["rows_out"] == 16
+
+
+def test_reads_vlmevalkit_tsv_with_options(tmp_path):
+    buf = io.BytesIO()
+    draw("red").save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    lines = ["index\timage\tquestion\tanswer\tA\tB\tcategory",
+             f"1\t{b64}\tWhat colour?\tA\tred\tblue\tcolour",
+             "2\tnot-base64!!\tWhat colour?\tB\tred\tblue\tcolour",
+             f"3\t{b64}\t\tA\tred\tblue\tcolour"]
+    (tmp_path / "b.tsv").write_text("\n".join(lines) + "\n")
+    report = sample.run(sources=[str(tmp_path / "b.tsv")], output_dir=str(tmp_path / "o"), params=SampleParams())
+    prompts = schema.read_rows(tmp_path / "o" / schema.PROMPTS_FILE)
+    assert len(prompts) == 1 and prompts[0].question == "What colour?\nA. red\nB. blue"
+    assert prompts[0].answer_type == "multiple_choice" and prompts[0].reference == "A"
+    assert report.dropped == {"unreadable_image": 1, "missing_field": 1}
+
+
+def test_empty_input_and_unknown_format(tmp_path):
+    (tmp_path / "empty.json").write_text("[]")
+    report = sample.run(sources=[str(tmp_path / "empty.json")], output_dir=str(tmp_path / "o"), params=SampleParams())
+    assert report.rows_out == 0 and (tmp_path / "o" / schema.PROMPTS_FILE).read_text() == ""
+    with pytest.raises(ValueError, match="unknown seed format"):
+        sample.run(sources=[str(tmp_path / "x.csv")], output_dir=str(tmp_path / "o2"), params=SampleParams())
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        sample.run(sources=[str(tmp_path / "bad.json")], output_dir=str(tmp_path / "o3"), params=SampleParams())
