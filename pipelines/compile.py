@@ -12,7 +12,6 @@ COMPILED_DIR = Path(__file__).parent / "compiled"
 
 def compile_all(out_dir: Path) -> list[Path]:
     from kfp import compiler
-
     from visalign_pipelines import pipelines
 
     out_dir.mkdir(parents=True, exist_ok=True)

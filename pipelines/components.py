@@ -6,18 +6,16 @@ laptop. Each docstring's Args block is what the Kubeflow UI shows for the parame
 """
 
 
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
-
 from visalign_pipelines.settings import image
 
 component = dsl.component(base_image=image(), packages_to_install=[], install_kfp_package=False)
 
 
 @component
-def sample(sources: List[str], recipe: str, profile: str, overrides: dict, prompts: Output[Dataset]):
+def sample(sources: list[str], recipe: str, profile: str, overrides: dict, prompts: Output[Dataset]):
     """Pick image-question prompts from seed files.
 
     Args:
@@ -112,7 +110,7 @@ def train(pairs: Input[Dataset], model: str, recipe: str, profile: str, override
 
 
 @component
-def evaluate(benchmarks: List[str], base_model: str, aligned: Input[Model], recipe: str, profile: str,
+def evaluate(benchmarks: list[str], base_model: str, aligned: Input[Model], recipe: str, profile: str,
              overrides: dict, results: Output[Dataset], metrics: Output[Metrics]):
     """Score the base and the aligned model on VLMEvalKit-TSV benchmarks.
 

@@ -24,7 +24,6 @@ def run_pipeline(name: str, arguments: dict[str, Any], pipeline_root: str | os.P
                  enable_caching: bool = False) -> Path:
     """Run pipeline `name` with `arguments`; returns the run's output directory."""
     from kfp import local
-
     from visalign_pipelines import pipelines
 
     fns = pipelines()

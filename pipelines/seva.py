@@ -4,18 +4,16 @@
 """
 
 
-from typing import List
 
 from kfp import dsl
-
 from visalign_pipelines import components as c
 from visalign_pipelines.settings import use_gpu
 
 
 @dsl.pipeline(name="seva", description="SeVa: DPO on the model's own answers to clean vs diffusion-noised images.")
 def seva(
-    seeds: List[str],
-    benchmarks: List[str],
+    seeds: list[str],
+    benchmarks: list[str],
     base_model: str,
     profile: str = "paper",
     overrides: dict = {},  # noqa: B006 - KFP reads pipeline defaults from the signature

@@ -95,9 +95,10 @@ def print_summary(summary: dict[str, Any], mlflow_url: str) -> None:
 
 def run(*, recipe: str, out: Path, seed: int = 0, base_steps: int | None = None,
         overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from visalign_pipelines.local import run_pipeline
+
     from visalign import stack
     from visalign.toyworld import DEFAULT_BASE_STEPS
-    from visalign_pipelines.local import run_pipeline
 
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +107,7 @@ def run(*, recipe: str, out: Path, seed: int = 0, base_steps: int | None = None,
     settings = stack.StackSettings.from_env()
     with _timed("stack up", timings):
         info = stack.ensure_up(settings)
-    os.environ.update(stack.env(settings))
+    os.environ.update(info.env)  # the stack actually running (it may have been started on other ports)
     inputs = upload_inputs(world, model, settings.bucket, timings)
     with _timed("pipeline", timings):
         run_dir = run_pipeline(recipe, {**inputs, "profile": "toy", "overrides": overrides or {},

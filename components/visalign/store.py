@@ -194,7 +194,7 @@ def _call(uri: str, fn: Callable[[], T]) -> T:
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - classified right below
+        except Exception as e:  # classified right below
             if not is_transient(e):
                 raise _translate(uri, e) from e
             if attempt == RETRY_ATTEMPTS:

@@ -21,12 +21,15 @@ log = logging.getLogger("visalign.tracking")
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else a ./mlruns file store (with a warning: nothing reaches a server)."""
+    """MLFLOW_TRACKING_URI, else a ./mlflow.db SQLite store (with a warning: nothing reaches a server).
+
+    SQLite rather than ./mlruns: MLflow 3 refuses the file store, and the registry needs a database.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    local = Path("mlruns").resolve().as_uri()
-    log.warning("MLFLOW_TRACKING_URI is not set: logging to the local file store %s; to use the "
+    local = f"sqlite:///{Path('mlflow.db').resolve()}"
+    log.warning("MLFLOW_TRACKING_URI is not set: logging to the local store %s; to use the "
                 "tracking server run `visalign stack up` and eval its exports", local)
     return local
 

@@ -73,7 +73,7 @@ def test_up_refuses_ports_in_use_before_starting_anything(stack_settings):
 @pytest.mark.integration
 def test_readiness_timeout_shows_the_log_tail_and_stops_what_it_started(stack_settings):
     with pytest.raises(stack_api.StackError) as e:
-        stack_api.up(stack_settings, timeout=0.3)
+        stack_api.up(stack_settings, timeout=0.1)
     message = str(e.value)
     assert "not ready in time" in message
     assert f"lines of {stack_settings.data_dir / 'logs'}" in message

@@ -51,18 +51,20 @@ def test_upload_and_download_dir_both_ways_and_resync_transfers_nothing(prefix, 
     store.write_text(str(src / "config.json"), '{"a": 1}')
     store.write_bytes(str(src / "sub" / "weights.bin"), bytes(range(256)) * 100)
     store.write_bytes(str(src / "big.bin"), b"y" * (6 * 1024 * 1024))  # two parts: a multipart ETag
+    store.write_bytes(str(src / "empty"), b"")
+    files = ["big.bin", "config.json", "empty", "sub/weights.bin"]
 
     up = store.upload_dir(src, f"{prefix}/model")
-    assert up.copied == ["big.bin", "config.json", "sub/weights.bin"]
+    assert up.copied == files
     assert store.upload_dir(src, f"{prefix}/model").copied == []
 
     dst = tmp_path / "back"
     down = store.download_dir(f"{prefix}/model", dst)
-    assert down.copied == ["big.bin", "config.json", "sub/weights.bin"]
-    for rel in down.copied:
+    assert down.copied == files
+    for rel in files:
         assert (dst / rel).read_bytes() == (src / rel).read_bytes()
     again = store.sync(f"{prefix}/model", dst)
-    assert again.copied == [] and len(again.skipped) == 3
+    assert again.copied == [] and again.skipped == files
 
     # One changed file of the same size goes up alone, then comes down alone.
     store.write_text(str(src / "config.json"), '{"a": 2}')

@@ -1,7 +1,6 @@
 """The compiled IR is up to date and carries the cluster settings."""
 
 import yaml
-
 from visalign_pipelines import compile as compile_mod
 from visalign_pipelines import settings
 

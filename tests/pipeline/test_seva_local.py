@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from visalign_pipelines.local import STAGE_TASKS, find_output, run_pipeline, stage_reports
 
 from visalign import store
-from visalign_pipelines.local import STAGE_TASKS, find_output, run_pipeline, stage_reports
 
 pytestmark = [pytest.mark.integration, pytest.mark.pipeline, pytest.mark.slow]
 

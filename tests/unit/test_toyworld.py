@@ -160,7 +160,10 @@ def test_benchmark_tsvs_are_vlmevalkit_and_correct(world_dir):
         path = world_dir / "benchmarks" / f"{name}.tsv"
         df = pd.read_csv(path, sep="\t")
         assert list(df.columns[:5]) == ["index", "image", "question", "answer", "category"]
-        assert len(df) == manifest["counts"][f"{name}_rows"] == 2 * SMALL["num_bench_images"]
+        assert len(df) == manifest["counts"][f"{name}_rows"]
+        assert 1.5 * SMALL["num_bench_images"] <= len(df) <= 2 * SMALL["num_bench_images"]
+        assert not df.duplicated(["image", "question"]).any() or name == "toy_pope"
+        assert not df.duplicated(["image", "question", "answer"]).any()
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         bench_scenes = [W.Scene.from_dict(d) for d in json.loads(path.with_suffix(".scenes.json").read_text())]

@@ -62,9 +62,9 @@ def test_dpo_trains_an_adapter_with_card_and_loss_curve(tiny_model, pairs_dir, t
     assert run.data.params["train.beta"] == "0.1"
     assert not (out / "_checkpoints").exists()
     # The adapter loads through the one loading path, base resolved from its card.
-    from visalign.models import load_model
-
     from peft import PeftModel
+
+    from visalign.models import load_model
 
     loaded = load_model(str(out))
     assert isinstance(loaded.model, PeftModel)

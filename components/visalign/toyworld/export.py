@@ -119,7 +119,7 @@ def _train_questions(i: int, scene: W.Scene, rng: np.random.Generator, stats: W.
     (strategy in turn), each applicable short kind, and one multiple-choice question."""
     qs = W.pope_pair(scene, W.POPE_STRATEGIES[i % 3], rng, stats)
     qs += [q for kind in W.SHORT_KINDS if (q := W.short_question(scene, kind, rng)) is not None]
-    mc = W.first_available(lambda k: W.mc_question(scene, k, rng), W.rotate(W.MC_KINDS, i))
+    mc = W.first_available(W.mc_question, scene, W.rotate(W.MC_KINDS, i), rng)
     return qs + ([mc] if mc else [])
 
 
@@ -173,12 +173,15 @@ def _write_benchmarks(bench_dir: Path, scenes: list[W.Scene], image_size: int, r
     per_bench: dict[str, list[tuple[int, W.Question]]] = {b: [] for b in BENCHMARKS}
     for i, scene in enumerate(scenes):
         per_bench["toy_pope"] += [(i, q) for q in W.pope_pair(scene, W.POPE_STRATEGIES[i % 3], rng, stats)]
+        asked: dict[str, list[str]] = {"toy_mc": [], "toy_short": []}  # no kind twice per image
         for j in range(BENCH_QUESTIONS_PER_IMAGE):
             turn = BENCH_QUESTIONS_PER_IMAGE * i + j
-            mc = W.first_available(lambda k: W.mc_question(scene, k, rng), W.rotate(W.MC_KINDS, turn))
-            short = W.first_available(lambda k: W.short_question(scene, k, rng), W.rotate(tuple(W.SHORT_KINDS), turn))
-            per_bench["toy_mc"] += [(i, mc)] if mc else []
-            per_bench["toy_short"] += [(i, short)] if short else []
+            for name, make, kinds in (("toy_mc", W.mc_question, W.MC_KINDS),
+                                      ("toy_short", W.short_question, tuple(W.SHORT_KINDS))):
+                q = W.first_available(make, scene, W.rotate(kinds, turn), rng, skip=asked[name])
+                if q is not None:
+                    asked[name].append(q.kind)
+                    per_bench[name].append((i, q))
     bench_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in per_bench.items():
         _write_tsv(bench_dir / f"{name}.tsv", rows, images, with_options=name == "toy_mc")

@@ -316,10 +316,13 @@ def short_question(scene: Scene, kind: str, rng: np.random.Generator) -> Questio
     return SHORT_KINDS[kind](scene, rng)
 
 
-def first_available(make: Callable[[str], Question | None], kinds: Iterable[str]) -> Question | None:
-    """The first kind (in the order given) that applies to the scene: count always does."""
+def first_available(make: Callable[[Scene, str, np.random.Generator], Question | None], scene: Scene,
+                    kinds: Iterable[str], rng: np.random.Generator, skip: Iterable[str] = ()) -> Question | None:
+    """The first kind (in the order given, minus `skip`) that applies to the scene."""
     for kind in kinds:
-        q = make(kind)
+        if kind in skip:
+            continue
+        q = make(scene, kind, rng)
         if q is not None:
             return q
     return None
