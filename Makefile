@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RECIPE ?= seva
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench compile clean
+.PHONY: install demo test lint bench compile images clean
 
 install: $(STAMP)
 
@@ -30,6 +30,18 @@ bench: install
 
 compile: install
 	$(BIN)/python -m visalign_pipelines.compile
+
+# Container images (images/): the CPU image (chart jobs, MLflow), the CUDA image every pipeline step
+# and TrainJob node runs, and the rollout image (+ vLLM). Needs a Docker engine (BuildKit).
+DOCKER ?= docker
+IMAGE_REPO ?= ghcr.io/visalign
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make images needs a Docker engine: '$(DOCKER) info' failed here (no docker binary or no daemon). Build on a machine with Docker (BuildKit), e.g. in CI." >&2; exit 2; }
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.cpu -t $(IMAGE_REPO)/visalign:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.cuda --target cuda -t $(IMAGE_REPO)/visalign-cuda:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.cuda --target rollout -t $(IMAGE_REPO)/visalign-rollout:$(IMAGE_TAG) .
+	@echo "built; after pushing, pin the pipelines to the CUDA image: VISALIGN_IMAGE=$(IMAGE_REPO)/visalign-cuda@sha256:<digest> make compile"
 
 clean:
 	rm -rf demo-output bench-output .pytest_cache

@@ -98,15 +98,20 @@ def train(pairs: Input[Dataset], model: str, recipe: str, profile: str, override
         model: The base model URI (s3://...); the adapter records it as its base.
         recipe: Recipe name.
         profile: paper or toy.
-        overrides: Recipe parameters to change, e.g. {"train.deepspeed": "zero2"}.
+        overrides: Recipe parameters to change, e.g. {"train.deepspeed": "zero2"}; {"train.num_nodes": 4}
+            trains on 4 GPU nodes as a Kubeflow Trainer TrainJob.
         experiment: MLflow experiment for the training run.
     """
-    from visalign import recipes
+    from visalign import recipes, trainjob
     from visalign import train as stage
 
     r = recipes.load(recipe, profile, overrides)
-    stage.run(pairs_dir=pairs.path, model=model, output_dir=adapter.path, params=r.train, recipe=r,
-              experiment=experiment)
+    if trainjob.wanted(r.train.num_nodes, trainjob.JobConfig.from_env()):  # several nodes: a Kubeflow TrainJob
+        trainjob.run(pairs_uri=pairs.uri, model=model, output_dir=adapter.path, output_uri=adapter.uri, recipe=r,
+                     profile=profile, overrides=overrides, experiment=experiment)
+        return
+    stage.run(pairs_dir=pairs.path, model=model, output_dir=adapter.path,
+              params=trainjob.checkpoint_params(r.train, adapter.uri), recipe=r, experiment=experiment)
 
 
 @component

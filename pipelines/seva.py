@@ -7,7 +7,7 @@
 
 from kfp import dsl
 from visalign_pipelines import components as c
-from visalign_pipelines.settings import use_gpu
+from visalign_pipelines.settings import apply
 
 
 @dsl.pipeline(name="seva", description="SeVa: DPO on the model's own answers to clean vs diffusion-noised images.")
@@ -29,20 +29,17 @@ def seva(
     """
     recipe = "seva"
     common = dict(recipe=recipe, profile=profile, overrides=overrides)
-    sample = c.sample(sources=seeds, **common).set_display_name("sample")
-    augment = c.augment(prompts=sample.outputs["prompts"], **common).set_display_name("augment")
-    rollout = c.rollout(prompts=sample.outputs["prompts"], views=augment.outputs["views"], model=base_model,
-                        **common).set_display_name("rollout")
-    use_gpu(rollout)
-    pairs = c.filter_pairs(prompts=sample.outputs["prompts"], responses=rollout.outputs["responses"],
-                           **common).set_display_name("filter")
-    train = c.train(pairs=pairs.outputs["pairs"], model=base_model, experiment=experiment,
-                    **common).set_display_name("train")
-    use_gpu(train)
-    train.set_caching_options(False)  # a re-run should train again, not replay an old adapter
-    evaluate = c.evaluate(benchmarks=benchmarks, base_model=base_model, aligned=train.outputs["adapter"],
-                          **common).set_display_name("evaluate")
-    register = c.register(aligned=train.outputs["adapter"], results=evaluate.outputs["results"],
-                          **common).set_display_name("register")
-    register.set_caching_options(False)
+    # apply(): GPU pool, Secrets, workspace, retries and caching per stage (pipelines/settings.py)
+    sample = apply(c.sample(sources=seeds, **common).set_display_name("sample"))
+    augment = apply(c.augment(prompts=sample.outputs["prompts"], **common).set_display_name("augment"))
+    rollout = apply(c.rollout(prompts=sample.outputs["prompts"], views=augment.outputs["views"], model=base_model,
+                              **common).set_display_name("rollout"))
+    pairs = apply(c.filter_pairs(prompts=sample.outputs["prompts"], responses=rollout.outputs["responses"],
+                                 **common).set_display_name("filter"))
+    train = apply(c.train(pairs=pairs.outputs["pairs"], model=base_model, experiment=experiment,
+                          **common).set_display_name("train"))
+    evaluate = apply(c.evaluate(benchmarks=benchmarks, base_model=base_model, aligned=train.outputs["adapter"],
+                                **common).set_display_name("evaluate"))
+    register = apply(c.register(aligned=train.outputs["adapter"], results=evaluate.outputs["results"],
+                                **common).set_display_name("register"))
     return register.outputs["Output"]

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("visalign.stack", "Start, stop or inspect the local S3 + MLflow stack."),
     "toyworld": ("visalign.toyworld.cli", "Build the synthetic shapes world and the demo's base model."),
     "demo": ("visalign.demo", "Run a recipe end to end through kfp.local against the local stack."),
+    "upload": ("visalign.kfp_client", "Upload the compiled pipelines to Kubeflow Pipelines (idempotent)."),
+    "submit": ("visalign.kfp_client", "Start a recipe's run on Kubeflow Pipelines and print its URL."),
 }
 
 

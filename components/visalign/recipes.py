@@ -99,6 +99,10 @@ class TrainParams:
     checkpoint_dir: str | None = _p(None, "Checkpoint directory (a workspace volume on a cluster); a re-run with the "
                                     "same one resumes from its last checkpoint. None: inside the output, removed after.")
     seed: int = _p(0, "Training seed.")
+    num_nodes: int = _p(1, "Nodes to train on. 1: every GPU of the train step's pod. >1: the step submits a Kubeflow "
+                        "Trainer TrainJob (torch-distributed runtime, DeepSpeed) of this many nodes, each with the GPU "
+                        "pool's GPUs, sharded by train.deepspeed (plain DDP when None); needs Kubeflow Trainer and an "
+                        "s3:// pipeline root.")
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,8 @@ def validate(recipe: Recipe) -> None:
         p.append(f"train.warmup_ratio={t.warmup_ratio}: must be in [0, 1)")
     if t.deepspeed not in (None, "zero2", "zero3"):
         p.append(f"train.deepspeed={t.deepspeed!r}: choose zero2, zero3 or None")
+    if t.num_nodes < 1:
+        p.append(f"train.num_nodes={t.num_nodes}: must be >= 1 (1 = train in the step's own pod)")
     if t.precision not in ("auto", "bf16", "fp32"):
         p.append(f"train.precision={t.precision!r}: choose auto, bf16 or fp32 (fp16 is not supported; use bf16)")
     from visalign.train import LOSS_TYPES  # late: train imports torch lazily

@@ -225,13 +225,16 @@ def test_build_rejects_bad_sizes(tmp_path):
         export.build_world(tmp_path, num_train_images=0)
 
 
-def test_cli_build(tmp_path, capsys):
+def test_cli_build_and_untrained_model(tmp_path, capsys):
     from visalign.cli import main
 
-    assert main(["toyworld", "build", "--out", str(tmp_path), "--num-seed-images", "2",
+    world = tmp_path / "world"
+    assert main(["toyworld", "build", "--out", str(world), "--num-seed-images", "2",
                  "--num-train-images", "3", "--num-bench-images", "2", "--seed", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["toy_pope_rows"] == 4
-    assert json.loads((tmp_path / "world.json").read_text())["seed"] == 4
+    assert json.loads((world / "world.json").read_text())["seed"] == 4
+    assert main(["toyworld", "model", "--world", str(world), "--out", str(tmp_path / "m"), "--untrained"]) == 0
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "processor_config.json").is_file()
 
 
 # ---- tiny model ----------------------------------------------------------------------------
@@ -263,6 +266,8 @@ def test_sft_lowers_loss_and_saves_a_loadable_model(world_dir, tmp_path):
     curve = json.loads((out / sft.SFT_RECORD_FILE).read_text())["loss_curve"]
     assert curve[-1]["loss"] < 0.7 * curve[0]["loss"], curve
     assert json.loads((out / "visalign_model.json").read_text())["kind"] == "full"
+    again = sft.train_base_model(world_dir, tmp_path / "again", steps=30, batch_size=8, lr=3e-3, log_every=5)
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()  # fixed seed
     processor = AutoProcessor.from_pretrained(out)
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     row = export.read_tsv(world_dir / "benchmarks" / "toy_pope.tsv")[0]

@@ -2,7 +2,7 @@
 
     from visalign.toyworld import build_world, train_base_model
     world = build_world("world/", seed=0)                        # seeds, SFT data, benchmarks
-    model = train_base_model("world/", "base_model/", steps=1200)  # the demo's base model
+    model = train_base_model("world/", "base_model/", steps=DEFAULT_BASE_STEPS)  # the demo's base model
 
 torch and transformers are imported only inside the model functions, so importing this package
 (for the world alone) stays light.
@@ -10,7 +10,7 @@ torch and transformers are imported only inside the model functions, so importin
 
 from visalign.toyworld.export import BENCHMARKS, build_world, check_disjoint, decode_image, read_tsv
 from visalign.toyworld.model import CHAT_TEMPLATE, build_tiny_vlm, train_tokenizer
-from visalign.toyworld.sft import build_untrained_model, train_base_model
+from visalign.toyworld.sft import DEFAULT_BASE_STEPS, build_untrained_model, train_base_model
 from visalign.toyworld.world import (
     COLOURS,
     MC_SUFFIX,
@@ -31,7 +31,8 @@ from visalign.toyworld.world import (
 )
 
 __all__ = [
-    "BENCHMARKS", "CHAT_TEMPLATE", "COLOURS", "MC_SUFFIX", "OBJECTS", "POPE_STRATEGIES", "SHAPES",
+    "BENCHMARKS", "CHAT_TEMPLATE", "COLOURS", "DEFAULT_BASE_STEPS", "MC_SUFFIX", "OBJECTS", "POPE_STRATEGIES",
+    "SHAPES",
     "Question", "Scene", "Shape", "WorldStats", "build_tiny_vlm", "build_untrained_model", "build_world",
     "check_disjoint", "decode_image", "mc_prompt", "pixel_hash", "pope_negative", "pope_pair", "read_tsv",
     "render", "sample_scene", "text_corpus", "train_base_model", "train_tokenizer",

@@ -1,7 +1,7 @@
 """`visalign toyworld build|model`: the synthetic world and the demo's base model.
 
     visalign toyworld build --out world/ [--seed 0] [--num-train-images 2500 ...]
-    visalign toyworld model --world world/ --out base_model/ [--steps 1200] [--untrained]
+    visalign toyworld model --world world/ --out base_model/ [--steps N] [--untrained]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ _BUILD = {p.name: p.default for p in inspect.signature(export.build_world).param
           if p.kind is p.KEYWORD_ONLY}
 _SFT = {p.name: p.default for p in inspect.signature(sft.train_base_model).parameters.values()
         if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
-DEFAULT_STEPS = 1200  # measured: ~3 minutes on 2 CPU cores (see the toyworld report)
 
 _BUILD_HELP = {
     "seed": "Seed of the whole world; the same seed gives byte-identical files.",
@@ -49,8 +48,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                            description=sft.__doc__.splitlines()[0])
     model.add_argument("--world", required=True, help="A directory written by `visalign toyworld build`.")
     model.add_argument("--out", required=True, help="Directory for the Hugging Face model directory.")
-    model.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                       help=f"SFT steps (a fixed count, not a time budget). Default: {DEFAULT_STEPS}.")
+    model.add_argument("--steps", type=int, default=sft.DEFAULT_BASE_STEPS,
+                       help=f"SFT steps (a fixed count, not a time budget). Default: {sft.DEFAULT_BASE_STEPS}.")
     model.add_argument("--untrained", action="store_true",
                        help="Save the randomly initialised model without training (fast; for tests).")
     for name, default in _SFT.items():

@@ -1,15 +1,18 @@
 """Write a toy world to disk in the formats the real pipeline reads.
 
     out_dir/
-      world.json                 seed, counts, sizes, hashes, object frequencies
+      world.json                 seed, counts, sizes, file and pixel hashes, object frequencies
       corpus.txt                 every question/answer text, for the tokenizer
       seeds/llava.json           LLaVA-665k conversations (the pipeline's seed prompts)
-      seeds/images/*.png
+      seeds/images/seed_*.png
+      seeds/scenes.json          what each image shows (ground truth for tests and analysis)
       train/llava.json           the base model's SFT data, same format, its own images
-      train/images/*.png
+      train/images/train_*.png
+      train/scenes.json
       benchmarks/toy_pope.tsv    VLMEvalKit TSV, yes/no, category = random/popular/adversarial
       benchmarks/toy_mc.tsv      VLMEvalKit TSV, A-D options, answer = the letter
       benchmarks/toy_short.tsv   VLMEvalKit TSV, short answers, category = colour/shape/count
+      benchmarks/<name>.scenes.json  the scene of each TSV row, in row order
 
 Each part draws from its own child of one numpy SeedSequence, so adding train images never
 changes the benchmark. Benchmark images must never equal a train-side image: a one-shape scene
