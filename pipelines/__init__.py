@@ -5,6 +5,9 @@ from __future__ import annotations
 
 def pipelines() -> dict:
     """Recipe name -> pipeline function (imported lazily: kfp is only needed here)."""
+    from visalign_pipelines.ipa import ipa
+    from visalign_pipelines.mia_dpo import mia_dpo
+    from visalign_pipelines.mpo import mpo
     from visalign_pipelines.seva import seva
 
-    return {"seva": seva}
+    return {"seva": seva, "ipa": ipa, "mia-dpo": mia_dpo, "mpo": mpo}

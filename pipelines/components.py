@@ -8,7 +8,7 @@ laptop. Each docstring's Args block is what the Kubeflow UI shows for the parame
 
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 from visalign_pipelines.settings import image
 
 component = dsl.component(base_image=image(), packages_to_install=[], install_kfp_package=False)
@@ -167,3 +167,189 @@ def register(aligned: Input[Model], results: Input[Dataset], recipe: str, profil
     report = stage.run(model_dir=aligned.path, eval_dir=results.path, output_dir=decision.path, params=r.register,
                        tags={"recipe": recipe, "profile": profile})
     return report.extra["alias"]
+
+
+# ---- ipa ----
+
+
+@component
+def ipa_collect(prompts: Input[Dataset], base_model: str, round_index: int, rounds: int, recipe: str, profile: str,
+                overrides: dict, candidates: Output[Dataset], policy: Input[Model] = None,
+                state: Input[Dataset] = None):
+    """IPA round: answer the pending seeds on clean and perturbed images, then revise each answer (GPU).
+
+    Args:
+        prompts: The sample step's prompts (with reference answers).
+        base_model: The base model URI; the round's policy when no trained policy is given (round 1).
+        round_index: This round, 1-based.
+        rounds: Rounds of the run (the pipeline parameter); the last one gets reference-guided feedback.
+        recipe: Recipe name (ipa).
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"ipa.perturbations": "noise,blur"}.
+        policy: The model trained after the previous round (rounds > 1).
+        state: The previous round's pairs step output: which seeds are still without a pair.
+    """
+    from visalign import ipa_collect as stage
+    from visalign import recipes
+
+    if "ipa.rounds" in overrides and str(overrides["ipa.rounds"]) != str(rounds):
+        raise recipes.ConfigError([f"overrides['ipa.rounds']={overrides['ipa.rounds']!r} disagrees with the pipeline "
+                                   f"parameter rounds={rounds}; set the number of rounds with `rounds` only"])
+    r = recipes.load(recipe, profile, {**overrides, "ipa.rounds": rounds})
+    stage.run(prompts_dir=prompts.path, model=policy.path if policy is not None else base_model,
+              output_dir=candidates.path, recipe=r, round_index=round_index,
+              state_dir=state.path if state is not None else None)
+
+
+@component
+def ipa_pairs(prompts: Input[Dataset], candidates: Input[Dataset], base_model: str, round_index: int, rounds: int,
+              recipe: str, profile: str, overrides: dict, pairs: Output[Dataset], metrics: Output[Metrics],
+              policy: Input[Model] = None, state: Input[Dataset] = None):
+    """IPA round: verify every candidate against its reference, pair verified with rejected answers.
+
+    The output holds the pairs of this and all earlier rounds (deduplicated), the seeds still
+    without a pair, every verdict and per-round statistics (rounds.json).
+
+    Args:
+        prompts: The sample step's prompts (with reference answers).
+        candidates: This round's collect step output.
+        base_model: The base model URI; the local verifier when no trained policy is given (round 1).
+        round_index: This round, 1-based.
+        rounds: Rounds of the run (the pipeline parameter).
+        recipe: Recipe name (ipa).
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"verify.backend": "endpoint"} (URL, model and key then
+            come from the verifier Secret).
+        policy: The model trained after the previous round (rounds > 1).
+        state: The previous round's pairs step output (rounds > 1).
+    """
+    from visalign import ipa_pairs as stage
+    from visalign import recipes
+
+    if "ipa.rounds" in overrides and str(overrides["ipa.rounds"]) != str(rounds):
+        raise recipes.ConfigError([f"overrides['ipa.rounds']={overrides['ipa.rounds']!r} disagrees with the pipeline "
+                                   f"parameter rounds={rounds}; set the number of rounds with `rounds` only"])
+    r = recipes.load(recipe, profile, {**overrides, "ipa.rounds": rounds})
+    model = policy.path if policy is not None else base_model
+    report = stage.run(prompts_dir=prompts.path, candidates_dir=candidates.path, output_dir=pairs.path, recipe=r,
+                       round_index=round_index, verifier=stage.build_verifier(r, model),
+                       state_dir=state.path if state is not None else None)
+    this_round = report.extra["rounds"][-1]
+    for key in ("verified_rate", "new_pairs", "pairs_so_far", "pending_after"):
+        metrics.log_metric(f"round{round_index}/{key}", float(this_round[key]))
+
+
+# ---- mia-dpo ----
+
+
+@component
+def compose(prompts: Input[Dataset], recipe: str, profile: str, overrides: dict, composed: Output[Dataset]):
+    """MIA-DPO: turn single-image prompts into multi-image prompts (sequence, grid collage, pic-in-pic).
+
+    Args:
+        prompts: The sample step's prompts (with reference answers).
+        recipe: Recipe name (mia-dpo).
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"compose.mix": "1,1,1"} or {"compose.cell_size": 336}.
+    """
+    from visalign import multi_image as stage
+    from visalign import recipes
+
+    r = recipes.load(recipe, profile, overrides)
+    stage.run(prompts_dir=prompts.path, output_dir=composed.path, params=r.compose)
+
+
+@component
+def mia_rollout(prompts: Input[Dataset], model: str, recipe: str, profile: str, overrides: dict,
+                responses: Output[Dataset]):
+    """MIA-DPO: answer every multi-image prompt greedily, recording one decoder layer's attention to each image (GPU).
+
+    Args:
+        prompts: The compose step's multi-image prompts.
+        model: The policy: a Hugging Face model directory URI (s3://...).
+        recipe: Recipe name (mia-dpo).
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"rollout.attention_layer": 16}.
+    """
+    from visalign import recipes
+    from visalign import rollout as stage
+
+    r = recipes.load(recipe, profile, overrides)
+    stage.run(prompts_dir=prompts.path, model=model, output_dir=responses.path, params=r.rollout)
+
+
+@component
+def select_pairs(prompts: Input[Dataset], responses: Input[Dataset], recipe: str, profile: str, overrides: dict,
+                 experiment: str, pairs: Output[Dataset], ratio_histogram: Output[HTML]):
+    """MIA-DPO: keep responses that looked away from the target image as rejected; chosen = the reference.
+
+    Args:
+        prompts: The compose step's multi-image prompts.
+        responses: The rollout step's responses (with attention).
+        recipe: Recipe name (mia-dpo).
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"select.pip_threshold": 0.7}.
+        experiment: MLflow experiment the ratio histogram and counts are logged to.
+    """
+    import base64
+    import html
+    import json
+    from pathlib import Path
+
+    from visalign import recipes
+    from visalign import select as stage
+
+    r = recipes.load(recipe, profile, overrides)
+    report = stage.run(prompts_dir=prompts.path, responses_dir=responses.path, output_dir=pairs.path,
+                       params=r.select, end_markers=r.filter.end_markers, experiment=experiment)
+    png = base64.b64encode((Path(pairs.path) / stage.HISTOGRAM_FILE).read_bytes()).decode()
+    table = html.escape(json.dumps(report.extra["pairs_per_format_and_images"]))
+    Path(ratio_histogram.path).write_text(f"<p>pairs kept per format/images: {table}</p>"
+                                          f"<img src='data:image/png;base64,{png}'/>")
+
+
+# ---- mpo ----
+
+
+@component
+def mpo_rollout(prompts: Input[Dataset], model: str, recipe: str, profile: str, overrides: dict,
+                responses: Output[Dataset]):
+    """MPO: sample several chain-of-thought answers per prompt, seeded (GPU).
+
+    Args:
+        prompts: The sample step's prompts (with or without reference answers).
+        model: The policy: a Hugging Face model directory URI (s3://...).
+        recipe: Recipe name (mpo).
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"rollout.num_samples": 16, "rollout.temperature": 1.0}.
+    """
+    from visalign import recipes
+    from visalign import rollout as stage
+
+    r = recipes.load(recipe, profile, overrides)
+    stage.run(prompts_dir=prompts.path, model=model, output_dir=responses.path, params=r.rollout)
+
+
+@component
+def mpo_pairs(prompts: Input[Dataset], responses: Input[Dataset], model: str, recipe: str, profile: str,
+              overrides: dict, pairs: Output[Dataset], metrics: Output[Metrics]):
+    """MPO: correctness pairs for prompts with a reference answer, DropoutNTP pairs for the rest (GPU).
+
+    Args:
+        prompts: The sample step's prompts.
+        responses: The rollout step's sampled answers.
+        model: The policy that continues DropoutNTP's prefixes without the image (s3://...).
+        recipe: Recipe name (mpo).
+        profile: paper or toy.
+        overrides: Recipe parameters to change, e.g. {"pairs.max_pairs_per_question": 15}.
+    """
+    from visalign import mpo_pairs as stage
+    from visalign import recipes
+
+    r = recipes.load(recipe, profile, overrides)
+    report = stage.run(prompts_dir=prompts.path, responses_dir=responses.path, output_dir=pairs.path,
+                       params=r.pairs, prompt_template=r.rollout.prompt_template, model=model)
+    for key in ("correctness_pairs", "dropout_ntp_pairs", "pairs_per_question", "format_negative_rate"):
+        metrics.log_metric(key, float(report.extra[key]))
+    for key, value in report.extra["difficulty"].items():
+        metrics.log_metric(f"questions_{key}", float(value))

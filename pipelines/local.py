@@ -18,6 +18,14 @@ STAGE_TASKS = {  # KFP task name -> stage name, in pipeline order
     "sample": "sample", "augment": "augment", "rollout": "rollout", "filter-pairs": "filter",
     "train": "train", "evaluate": "evaluate", "register": "register",
 }
+# Pipelines whose tasks differ from seva's (STAGE_TASKS); stage_reports picks by the run's pipeline.
+PIPELINE_TASKS: dict[str, dict[str, str]] = {
+    "seva": STAGE_TASKS,
+    "mia-dpo": {"sample": "sample", "compose": "compose", "mia-rollout": "rollout", "select-pairs": "select",
+                "train": "train", "evaluate": "evaluate", "register": "register"},
+    "mpo": {"sample": "sample", "mpo-rollout": "rollout", "mpo-pairs": "pairs", "train": "train",
+            "evaluate": "evaluate", "register": "register"},
+}
 
 
 def run_pipeline(name: str, arguments: dict[str, Any], pipeline_root: str | os.PathLike,
@@ -47,10 +55,12 @@ def run_pipeline(name: str, arguments: dict[str, Any], pipeline_root: str | os.P
     return run_dir
 
 
-def stage_reports(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Stage name -> its report.json, for every stage the run completed."""
+def stage_reports(run_dir: str | os.PathLike, pipeline: str | None = None) -> dict[str, dict[str, Any]]:
+    """Stage name -> its report.json, for every stage the run completed (pipeline: from _run.json)."""
+    if pipeline is None and (Path(run_dir) / "_run.json").exists():
+        pipeline = json.loads((Path(run_dir) / "_run.json").read_text()).get("pipeline")
     reports = {}
-    for task, stage in STAGE_TASKS.items():
+    for task, stage in PIPELINE_TASKS.get(pipeline or "seva", STAGE_TASKS).items():
         found = sorted(Path(run_dir).glob(f"{task}/*/report.json"))
         if found:
             reports[stage] = json.loads(found[0].read_text())

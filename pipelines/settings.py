@@ -56,6 +56,10 @@ class Secrets:
     # MLflow auth is optional (a server without --app-name basic-auth needs none): optional=True.
     mlflow_secret: str = "visalign-mlflow"
     mlflow_keys: tuple[str, ...] = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    # IPA's endpoint verifier (verify.backend=endpoint): URL, model and key of an OpenAI-compatible
+    # chat endpoint. Optional: the default local verifier needs none.
+    verifier_secret: str = "visalign-verifier"
+    verifier_keys: tuple[str, ...] = ("VISALIGN_VERIFIER_URL", "VISALIGN_VERIFIER_MODEL", "VISALIGN_VERIFIER_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,10 @@ class ClusterSettings:
     """Compile-time settings of the cluster the IR is for; VISALIGN_CLUSTER_SETTINGS overrides them."""
 
     # Stage (component) name -> its GPU pool; a stage not listed runs on the default (CPU) nodes.
-    pools: dict[str, GpuPool] = field(default_factory=lambda: {"rollout": GpuPool(), "train": GpuPool()})
+    pools: dict[str, GpuPool] = field(default_factory=lambda: {"rollout": GpuPool(), "train": GpuPool(),
+                                                               "ipa-collect": GpuPool(), "ipa-pairs": GpuPool(),
+                                                               "mia-rollout": GpuPool(), "mpo-rollout": GpuPool(),
+                                                               "mpo-pairs": GpuPool()})
     secrets: Secrets = field(default_factory=Secrets)
     workspace: Workspace | None = field(default_factory=Workspace)
     retry: Retry = field(default_factory=Retry)
@@ -100,6 +107,7 @@ class Needs:
     retry: bool = False
     cache: bool = True
     trainjob: bool = False
+    verifier: bool = False  # the optional verifier Secret as env (IPA's endpoint verifier)
 
 
 # What each stage's pod needs; every pipeline calls apply(task) on every task, so a new recipe
@@ -113,6 +121,16 @@ STAGE_NEEDS: dict[str, Needs] = {
     "train": Needs(s3=True, mlflow=True, workspace=True, cache=False, trainjob=True),
     "evaluate": Needs(s3=True, mlflow=True, retry=True),
     "register": Needs(s3=True, mlflow=True, retry=True, cache=False),
+    # ---- mia-dpo ----
+    "compose": Needs(),
+    "mia-rollout": Needs(s3=True),  # loads the policy from S3
+    "select-pairs": Needs(mlflow=True, retry=True),  # logs the ratio histogram to MLflow
+    # ---- ipa ----
+    "ipa-collect": Needs(s3=True),  # loads the round's policy (an adapter's base from S3)
+    "ipa-pairs": Needs(s3=True, verifier=True),  # the local verifier loads a model; the endpoint one needs the Secret
+    # ---- mpo ----
+    "mpo-rollout": Needs(s3=True),  # loads the policy from S3
+    "mpo-pairs": Needs(s3=True),  # DropoutNTP loads the policy from S3
 }
 
 
@@ -222,6 +240,9 @@ def apply(task, settings: ClusterSettings | None = None):
         task.set_env_variable("VISALIGN_WORKSPACE", s.workspace.mount_path)
     if needs.trainjob:
         task.set_env_variable("VISALIGN_TRAINJOB", trainjob_config(s).to_json())
+    if needs.verifier:
+        kubernetes.use_secret_as_env(task, s.secrets.verifier_secret, {k: k for k in s.secrets.verifier_keys},
+                                     optional=True)
     if needs.retry:
         r = s.retry
         task.set_retry(num_retries=r.num_retries, backoff_duration=r.backoff_duration,

@@ -30,11 +30,34 @@ def _timed(label: str, timings: dict[str, float]):
     return Timer()
 
 
-def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, float]) -> tuple[Path, Path]:
-    """The toy world and its base model, built once per (seed, steps) and reused."""
-    from visalign.toyworld import build_world, train_base_model
+# Recipes whose toy base model learns more than toyworld's standard SFT mix:
+# recipe -> (module, trainer function, its default step count).
+BASE_MODEL_TRAINERS = {"ipa": ("visalign.toyworld.ipa_sft", "train_ipa_base_model", "DEFAULT_IPA_BASE_STEPS")}
+BASE_MODEL_TRAINERS["mpo"] = ("visalign.toyworld.mpo_sft", "train_mpo_base_model", "DEFAULT_MPO_BASE_STEPS")
+# Recipes whose seeds are not toyworld's seeds/llava.json (file under the world's seeds/).
+RECIPE_SEEDS = {"mpo": "steps.json"}  # step-by-step questions with and without ground truth
 
-    world, model = out / f"world-{seed}", out / f"base-model-{seed}-{base_steps}"
+
+def _base_trainer(recipe: str):
+    import importlib
+
+    from visalign.toyworld import DEFAULT_BASE_STEPS, train_base_model
+
+    if recipe not in BASE_MODEL_TRAINERS:
+        return train_base_model, DEFAULT_BASE_STEPS
+    module, fn, steps = BASE_MODEL_TRAINERS[recipe]
+    mod = importlib.import_module(module)
+    return getattr(mod, fn), getattr(mod, steps)
+
+
+def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, float],
+                   recipe: str = "seva") -> tuple[Path, Path]:
+    """The toy world and its base model, built once per (seed, steps) and reused."""
+    from visalign.toyworld import build_world
+
+    train_base_model, _ = _base_trainer(recipe)
+    tag = f"{recipe}-" if recipe in BASE_MODEL_TRAINERS else ""
+    world, model = out / f"world-{seed}", out / f"base-model-{tag}{seed}-{base_steps}"
     if not (world / "world.json").exists():
         with _timed("build toy world", timings):
             build_world(world, seed=seed)
@@ -58,6 +81,10 @@ def upload_inputs(world: Path, model: Path, bucket: str, timings: dict[str, floa
 
 
 def summarize(recipe: str, run_dir: Path, timings: dict[str, float]) -> dict[str, Any]:
+    if recipe == "ipa":  # several tasks per stage (one per round): read through the IR's display names
+        from visalign import ipa_summary
+
+        return ipa_summary.summarize(run_dir, timings)
     from visalign_pipelines.local import find_output, stage_reports
 
     reports = stage_reports(run_dir)
@@ -98,24 +125,35 @@ def run(*, recipe: str, out: Path, seed: int = 0, base_steps: int | None = None,
     from visalign_pipelines.local import run_pipeline
 
     from visalign import stack
-    from visalign.toyworld import DEFAULT_BASE_STEPS
 
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    world, model = prepare_inputs(out, seed, base_steps or DEFAULT_BASE_STEPS, timings)
+    world, model = prepare_inputs(out, seed, base_steps or _base_trainer(recipe)[1], timings, recipe)
     settings = stack.StackSettings.from_env()
     with _timed("stack up", timings):
         info = stack.ensure_up(settings)
     os.environ.update(info.env)  # the stack actually running (it may have been started on other ports)
+    if recipe == "mpo":  # its seeds and benchmark, for a world built before they existed (idempotent)
+        from visalign.toyworld.steps import write_step_data
+
+        write_step_data(world, seed=seed)
     inputs = upload_inputs(world, model, settings.bucket, timings)
+    if recipe in RECIPE_SEEDS:
+        inputs["seeds"] = [inputs["seeds"][0].rsplit("/", 1)[0] + "/" + RECIPE_SEEDS[recipe]]
     with _timed("pipeline", timings):
-        run_dir = run_pipeline(recipe, {**inputs, "profile": "toy", "overrides": overrides or {},
+        overrides = dict(overrides or {})
+        extra = {"rounds": int(overrides.pop("ipa.rounds"))} if "ipa.rounds" in overrides else {}  # a pipeline parameter
+        run_dir = run_pipeline(recipe, {**inputs, **extra, "profile": "toy", "overrides": overrides,
                                         "experiment": f"visalign-{recipe}-demo"}, out / "kfp-runs")
     timings["total"] = round(time.monotonic() - start, 2)
     summary = summarize(recipe, run_dir, timings)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, info.mlflow_url)
+    if recipe == "ipa":
+        from visalign.ipa_summary import print_rounds
+
+        print_rounds(summary)
     return summary
 
 

@@ -43,6 +43,10 @@ MC_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the giv
 # LLaVA-1.5's short-answer suffix, used for yes/no (POPE) and short-answer questions alike.
 SHORT_PROMPT = "{question}\n" + SHORT_ANSWER_SUFFIX
 MULTIPLE_CHOICE, YES_NO, SHORT = "multiple_choice", "yes_no", "short"
+# A TSV with an `answer_type` column (MPO's step-by-step questions): asked with rollout's "cot" template,
+# the answer read after "Final answer:" and scored by visalign.correctness (correct at >= COT_THRESHOLD).
+COT = "cot"
+COT_THRESHOLD = 0.9
 LETTERS = string.ascii_uppercase
 EXPERIMENT = "visalign"
 # VLMEvalKit stores a repeated image once; other rows hold the owning row's index (<= 64 chars).
@@ -132,6 +136,7 @@ class BenchRow:
     category: str | None = None
     options: dict[str, str] = field(default_factory=dict)
     hint: str | None = None
+    answer_type: str | None = None  # when given: the chain-of-thought task (COT)
 
 
 @dataclass
@@ -189,12 +194,21 @@ def _parse_row(raw: dict[str, str], letters: list[str], image_map: dict[str, str
     if letters and len(options) < 2:
         raise ValueError(f"{letters[0]}: a multiple-choice row needs at least two options")
     hint = (raw.get("hint") or "").strip()
+    answer_type = (raw.get("answer_type") or "").strip() or None
+    if answer_type is not None:
+        from visalign.correctness import SCORERS as COT_SCORERS
+        from visalign.correctness import scorer_for
+
+        if scorer_for(answer_type) is None:
+            raise ValueError(f"answer_type: {answer_type!r} has no scorer; known: {sorted(COT_SCORERS)}")
     return BenchRow(index=str(raw.get("index") or ""), images=images, question=raw["question"].strip(),
                     answer=raw["answer"].strip(), category=(raw.get("category") or "").strip() or None,
-                    options=options, hint=hint if hint not in ("", "nan") else None)
+                    options=options, hint=hint if hint not in ("", "nan") else None, answer_type=answer_type)
 
 
 def infer_task(rows: Sequence[BenchRow]) -> str:
+    if rows and all(r.answer_type for r in rows):
+        return COT
     if any(r.options for r in rows):
         return MULTIPLE_CHOICE
     if rows and all(r.answer.lower() in ("yes", "no") for r in rows):
@@ -244,6 +258,10 @@ def find_benchmarks(specs: Sequence[str]) -> list[str]:
 
 def build_question(row: BenchRow, task: str) -> str:
     question = f"{row.hint}\n{row.question}" if row.hint else row.question
+    if task == COT:
+        from visalign.rollout import render_question
+
+        return render_question(question, "cot")
     if task == MULTIPLE_CHOICE:
         return MC_PROMPT.format(question=question, options="\n".join(f"{k}. {v}" for k, v in row.options.items()))
     return SHORT_PROMPT.format(question=question)
@@ -265,8 +283,17 @@ def _score_short(prediction: str, row: BenchRow) -> tuple[str | None, bool]:
     return norm, norm == normalize_answer(row.answer)
 
 
+def _score_cot(prediction: str, row: BenchRow) -> tuple[str | None, bool]:
+    from visalign import correctness
+
+    answer = correctness.extract(prediction).answer
+    if answer is None:  # no parsable "Final answer:" line: wrong, and counted as unextractable
+        return None, False
+    return answer, correctness.score(answer, row.answer, row.answer_type or "") >= COT_THRESHOLD
+
+
 SCORERS: dict[str, Callable[[str, BenchRow], tuple[str | None, bool]]] = {
-    MULTIPLE_CHOICE: _score_mc, YES_NO: _score_yes_no, SHORT: _score_short}
+    MULTIPLE_CHOICE: _score_mc, YES_NO: _score_yes_no, SHORT: _score_short, COT: _score_cot}
 
 
 def _safe_key(category: str) -> str:
@@ -288,7 +315,7 @@ def _yes_no_metrics(preds: Sequence[Prediction]) -> dict[str, float]:
 
 
 METRICS: dict[str, Callable[[Sequence[Prediction]], dict[str, float]]] = {
-    MULTIPLE_CHOICE: _mc_metrics, YES_NO: _yes_no_metrics, SHORT: _accuracy_metrics}
+    MULTIPLE_CHOICE: _mc_metrics, YES_NO: _yes_no_metrics, SHORT: _accuracy_metrics, COT: _mc_metrics}
 
 
 def benchmark_metrics(task: str, preds: Sequence[Prediction]) -> dict[str, float]:

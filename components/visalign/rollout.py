@@ -9,6 +9,7 @@ responses.jsonl every `checkpoint_every` prompts; a re-run skips the prompts alr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import time
@@ -33,6 +34,9 @@ class GenerationRequest:
     question: str
     # Replays a tensor-space augmentation on this request's slice of pixel_values.
     pixel_transform: Callable[[Any], Any] | None = None
+    # Text the assistant turn starts with; the model continues it (MPO's DropoutNTP). The result's
+    # text is the continuation only.
+    assistant_prefix: str = ""
 
 
 @dataclass
@@ -41,29 +45,96 @@ class GenerationResult:
     text: str
     num_tokens: int
     finish_reason: str  # "eos" or "length"
+    capture: dict[str, Any] | None = None  # attention per image + perplexity, when asked (visalign.attention)
 
 
 class GenerationEngine(Protocol):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
 
 
+# The question as put to the model, by name (rollout.prompt_template). "cot" asks for reasoning that
+# ends in a single "Final answer: ..." line, which visalign.correctness reads back (MPO).
+COT_INSTRUCTION = "Think step by step, then end with a line 'Final answer: <answer>'."
+PROMPT_TEMPLATES: dict[str, str] = {
+    "plain": "{question}",
+    "cot": "{question}\n" + COT_INSTRUCTION,
+}
+
+
+def render_question(question: str, template: str) -> str:
+    """`question` put through the named template (PROMPT_TEMPLATES)."""
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"rollout.prompt_template={template!r}: unknown; choose one of {sorted(PROMPT_TEMPLATES)}")
+    return PROMPT_TEMPLATES[template].format(question=question)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings of one engine: greedy unless do_sample (then seeded, reproducible)."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: RolloutParams) -> Sampling:
+        return cls(do_sample=params.do_sample, temperature=params.temperature, top_k=params.top_k,
+                   top_p=params.top_p, seed=params.seed)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if not self.do_sample:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+
+    def batch_seed(self, batch: Sequence[GenerationRequest]) -> int:
+        """A seed from the base seed and the batch's content: the same requests in the same batches
+        give the same samples in any run, whatever ran before them."""
+        key = schema.stable_id(self.seed, [(r.id, r.question, r.assistant_prefix, len(r.images)) for r in batch])
+        return int(key[:8], 16)
+
+
+IMAGE_MARKER = "<image>"  # in a question: where an image goes (multi-image prompts, e.g. MIA-DPO's sequences)
+
+
+def user_content(question: str, num_images: int) -> list[dict[str, Any]]:
+    """Image placeholders first, then the question; or, when the question holds one IMAGE_MARKER
+    per image, text and images interleaved where the markers are (the chat template renders them)."""
+    if num_images and question.count(IMAGE_MARKER) == num_images:
+        content: list[dict[str, Any]] = []
+        for i, part in enumerate(question.split(IMAGE_MARKER)):
+            content += ([{"type": "image"}] if i else []) + ([{"type": "text", "text": part}] if part else [])
+        return content
+    return [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": question}]
+
+
 def user_message(question: str, num_images: int) -> list[dict[str, Any]]:
-    """The chat turn every stage builds: image placeholders first, then the question."""
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
-    return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
+    """The chat turn every stage builds (see user_content for where the images go)."""
+    return [{"role": "user", "content": user_content(question, num_images)}]
 
 
 class HFEngine:
-    """Batched greedy generation with transformers (left padding, one generate() per batch)."""
+    """Batched generation with transformers (left padding, one generate() per batch); greedy by
+    default, seeded sampling with `sampling`."""
 
-    def __init__(self, model: Any, processor: Any, *, batch_size: int, max_new_tokens: int):
+    def __init__(self, model: Any, processor: Any, *, batch_size: int, max_new_tokens: int,
+                 capture_attention: bool = False, attention_layer: int | None = None,
+                 sampling: Sampling | None = None):
         self.model, self.processor = model, processor
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.sampling = sampling or Sampling()
         self.processor.tokenizer.padding_side = "left"
+        self.capture_attention, self.attention_layer = capture_attention, attention_layer
+        if capture_attention:  # one decoder layer's attention to each image (visalign.attention)
+            from visalign import attention
+
+            attention.enable(model)
+            attention.decoder_attention(model, attention_layer)  # a bad layer fails here, not mid-run
 
     def _encode(self, batch: Sequence[GenerationRequest]):
         texts = [self.processor.apply_chat_template(user_message(r.question, len(r.images)),
-                                                    add_generation_prompt=True) for r in batch]
+                                                    add_generation_prompt=True) + r.assistant_prefix for r in batch]
         images = [im for r in batch for im in r.images]
         enc = self.processor(images=images or None, text=texts, padding=True, return_tensors="pt")
         if "pixel_values" in enc and any(r.pixel_transform for r in batch):
@@ -88,22 +159,39 @@ class HFEngine:
             enc = self._encode(batch).to(self.model.device)
             if "pixel_values" in enc:
                 enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-            with torch.inference_mode():
-                out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                          pad_token_id=tok.pad_token_id)
+            capture = self._capture(enc, batch, eos_ids)
+            # fork_rng: seeding for this batch leaves the caller's random state alone.
+            devices = [self.model.device] if self.model.device.type == "cuda" else []
+            with torch.inference_mode(), capture or contextlib.nullcontext(), torch.random.fork_rng(devices):
+                torch.manual_seed(self.sampling.batch_seed(batch))
+                out = self.model.generate(**enc, **self.sampling.generate_kwargs(), max_new_tokens=self.max_new_tokens,
+                                          pad_token_id=tok.pad_token_id,
+                                          **({"logits_processor": [capture]} if capture else {}))
             new = out[:, enc["input_ids"].shape[1]:].tolist()
-            for r, ids in zip(batch, new, strict=True):
+            captured = capture.results() if capture else [None] * len(batch)
+            for r, ids, cap in zip(batch, new, captured, strict=True):
                 stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
                 kept = ids if stop is None else ids[:stop + 1]
                 results.append(GenerationResult(
                     id=r.id, text=tok.decode(kept, skip_special_tokens=True).strip(),
-                    num_tokens=len(kept), finish_reason="length" if stop is None else "eos"))
+                    num_tokens=len(kept), finish_reason="length" if stop is None else "eos", capture=cap))
         return results
+
+    def _capture(self, enc: Any, batch: Sequence[GenerationRequest], eos_ids: set[int]):
+        if not self.capture_attention:
+            return None
+        from visalign import attention
+
+        merge = getattr(self.processor.image_processor, "merge_size", 1) if hasattr(self.processor, "image_processor") else 1
+        return attention.Capture(self.model, self.attention_layer, enc, [len(r.images) for r in batch],
+                                 attention.image_token_id(self.processor), eos_ids, merge=merge)
 
 
 def build_engine(name: str, model: Any, processor: Any, params: RolloutParams) -> GenerationEngine:
     if name == "hf":
-        return HFEngine(model, processor, batch_size=params.batch_size, max_new_tokens=params.max_new_tokens)
+        return HFEngine(model, processor, batch_size=params.batch_size, max_new_tokens=params.max_new_tokens,
+                        capture_attention=params.capture_attention, attention_layer=params.attention_layer,
+                        sampling=Sampling.from_params(params))
     raise ValueError(f"rollout.engine={name!r}: unknown engine; available: hf")
 
 
@@ -117,18 +205,22 @@ def open_images(base_dir: str | os.PathLike, rel_paths: list[str]) -> list[Any]:
     return images
 
 
-def _requests_for(prompt: Prompt, view: View | None, prompts_dir: str, views_dir: str | None):
-    """The clean request and the augmented-view request of one prompt."""
+def _requests_for(prompt: Prompt, view: View | None, prompts_dir: str, views_dir: str | None,
+                  params: RolloutParams | None = None):
+    """The clean request and the augmented-view request of one prompt (without images when
+    params.with_image is off; the question through params.prompt_template)."""
     from visalign import augment
 
-    clean_images = open_images(prompts_dir, prompt.images)
-    reqs = [GenerationRequest(id=CLEAN, images=clean_images, question=prompt.question)]
-    if view is not None:
+    with_image = params.with_image if params is not None else True
+    question = render_question(prompt.question, params.prompt_template) if params is not None else prompt.question
+    clean_images = open_images(prompts_dir, prompt.images) if with_image else []
+    reqs = [GenerationRequest(id=CLEAN, images=clean_images, question=question)]
+    if view is not None and with_image:
         if view.space == "pixel":
             reqs.append(GenerationRequest(id=view.id, images=open_images(views_dir, view.images or []),
-                                          question=prompt.question))
+                                          question=question))
         else:
-            reqs.append(GenerationRequest(id=view.id, images=clean_images, question=prompt.question,
+            reqs.append(GenerationRequest(id=view.id, images=clean_images, question=question,
                                           pixel_transform=lambda pv, v=view: augment.apply_to_pixel_values(pv, v)))
     return reqs
 
@@ -162,18 +254,20 @@ def run(*, prompts_dir: str, model: str, output_dir: str, params: RolloutParams,
                 report.drop("no_view", f"prompt {p.id}: no augmented view in {views_dir}")
                 continue
             try:
-                reqs = _requests_for(p, views.get(p.id), prompts_dir, views_dir)
+                reqs = _requests_for(p, views.get(p.id), prompts_dir, views_dir, params)
             except OSError as e:
                 report.drop("unreadable_image", f"prompt {p.id} ({p.source} row {p.source_row}): {e}")
                 continue
-            requests += reqs
-            owners += [p.id] * len(reqs)
+            for k in range(params.num_samples):  # samples of one request sit together (same batch, if it fits)
+                requests += reqs
+                owners += [(p.id, k)] * len(reqs)
         start = time.monotonic()
         results = engine.generate(requests)
         gen_seconds += time.monotonic() - start
-        rows = [Response(id=schema.stable_id(pid, res.id, 0), prompt_id=pid, view=res.id, text=res.text,
-                         num_tokens=res.num_tokens, finish_reason=res.finish_reason)
-                for pid, res in zip(owners, results, strict=True)]
+        rows = [Response(id=schema.stable_id(pid, res.id, k), prompt_id=pid, view=res.id, text=res.text,
+                         num_tokens=res.num_tokens, finish_reason=res.finish_reason, sample_index=k,
+                         meta=res.capture or {})
+                for (pid, k), res in zip(owners, results, strict=True)]
         tokens += sum(r.num_tokens for r in rows)
         generated += len(rows)
         schema.append_rows(ckpt, rows)
@@ -181,6 +275,8 @@ def run(*, prompts_dir: str, model: str, output_dir: str, params: RolloutParams,
     report.rows_out = len(all_rows)
     report.extra.update(
         model=str(model), resumed_prompts=len(done), responses=len(all_rows), new_tokens=tokens,
+        num_samples=params.num_samples, do_sample=params.do_sample, prompt_template=params.prompt_template,
+        with_image=params.with_image,
         generation_seconds=round(gen_seconds, 3),
         responses_per_second=round(generated / gen_seconds, 3) if gen_seconds else None,
         tokens_per_second=round(tokens / gen_seconds, 3) if gen_seconds else None,

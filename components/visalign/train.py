@@ -61,13 +61,16 @@ def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1):
     """Pairs as a datasets.Dataset in TRL's conversational vision format, images decoded lazily."""
     from datasets import Dataset, Image, List
 
+    from visalign.rollout import user_message
+
     pairs = schema.read_rows(Path(pairs_dir) / schema.PAIRS_FILE)
     if not pairs:
         raise ValueError(f"{pairs_dir}/{schema.PAIRS_FILE}: no pairs to train on (did the filter drop everything? "
                          f"see its report.json)")
     rows = [{
         "images": [str(Path(pairs_dir) / im) for im in p.images],
-        "prompt": [{"role": "user", "content": [{"type": "image"} for _ in p.images] + [{"type": "text", "text": p.prompt}]}],
+        # the same chat turn rollout builds: images first, or where the prompt's <image> markers are
+        "prompt": user_message(p.prompt, len(p.images)),
         "chosen": [{"role": "assistant", "content": [{"type": "text", "text": p.chosen}]}],
         "rejected": [{"role": "assistant", "content": [{"type": "text", "text": p.rejected}]}],
     } for p in pairs] * repeats  # SeVa's reference code feeds the data twice per epoch
@@ -94,7 +97,7 @@ def _dpo_config(params: TrainParams, ckpt_dir: Path, bf16: bool):
     return DPOConfig(
         output_dir=str(ckpt_dir), loss_type=list(params.loss_type),
         loss_weights=list(params.loss_weights) if params.loss_weights else None, beta=params.beta,
-        learning_rate=params.learning_rate, lr_scheduler_type=params.lr_scheduler,
+        learning_rate=params.learning_rate, lr_scheduler_type=params.lr_scheduler, weight_decay=params.weight_decay,
         warmup_steps=params.warmup_ratio,  # a float < 1 is a ratio in transformers 5
         num_train_epochs=params.num_epochs, per_device_train_batch_size=params.per_device_batch_size,
         gradient_accumulation_steps=params.gradient_accumulation_steps, max_length=params.max_length,
@@ -133,7 +136,6 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText
-    from trl import DPOTrainer
 
     from visalign import tracking
     from visalign.models import load_processor, local_dir
@@ -159,8 +161,8 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
         tracking.log_params_flat({"recipe": recipe.to_dict() if recipe else {}, "train": _asdict(params),
                                   "base_model": str(model), "pairs": len(pairs)})
         curve = _loss_curve_callback(mlrun.info.run_id)
-        trainer = DPOTrainer(model=policy, args=_dpo_config(params, ckpt_dir, bf16), train_dataset=dataset,
-                             processing_class=processor, peft_config=peft_config, callbacks=[curve])
+        trainer = _trainer(params)(model=policy, args=_dpo_config(params, ckpt_dir, bf16), train_dataset=dataset,
+                                   processing_class=processor, peft_config=peft_config, callbacks=[curve])
         log.info("train: %d pairs x %d repeats, %s, resume=%s", len(pairs), params.data_repeats,
                  f"LoRA r={params.lora_r}" if peft_config else "full", resume)
         result = trainer.train(resume_from_checkpoint=resume or None)
@@ -179,6 +181,17 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     )
     report.write(out)
     return report
+
+
+def _trainer(params: TrainParams):
+    """TRL's DPOTrainer, or MPO's subclass when bco_pair is to carry the reward shift delta."""
+    from trl import DPOTrainer
+
+    if "bco_pair" in params.loss_type and params.bco_delta:
+        from visalign.mpo_loss import trainer_class
+
+        return trainer_class()
+    return DPOTrainer
 
 
 def _asdict(params: TrainParams) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from PIL import Image
 from visalign.report import progress
 from visalign.schema import stable_id
 from visalign.toyworld import world as W
+from visalign.toyworld.multi import MULTI_BENCHMARKS, row_images, write_multi_benchmarks
 
 log = logging.getLogger("visalign.toyworld")
 
@@ -88,6 +89,7 @@ def build_world(
                                            image_size, hashes["seeds"] | hashes["train"])
     hashes["benchmarks"] = {W.pixel_hash(W.render(s, image_size)) for s in bench_scenes}
     rows = _write_benchmarks(out / "benchmarks", bench_scenes, image_size, q_bench, stats)
+    rows.update(write_multi_benchmarks(out / "benchmarks", bench_scenes, image_size, seed))  # MIA-DPO's kind
     check_disjoint(out)
     (out / CORPUS_FILE).write_text("\n".join(W.text_corpus()) + "\n", encoding="utf-8")
     return _write_manifest(out, seed, image_size, hashes, {
@@ -223,10 +225,14 @@ def check_disjoint(world_dir: str | os.PathLike) -> None:
     world_dir = Path(world_dir)
     train_side = {W.pixel_hash(Image.open(p)): p.name
                   for split in ("seeds", "train") for p in sorted((world_dir / split / "images").glob("*.png"))}
-    for name in BENCHMARKS:
-        for row in read_tsv(world_dir / "benchmarks" / f"{name}.tsv"):
-            h = W.pixel_hash(decode_image(row["image"]))
-            if h in train_side:
+    for name in BENCHMARKS + MULTI_BENCHMARKS:
+        path = world_dir / "benchmarks" / f"{name}.tsv"
+        if not path.exists() and name in MULTI_BENCHMARKS:  # a world built before they existed
+            continue
+        for row in read_tsv(path):
+            for h in (W.pixel_hash(decode_image(b64)) for b64 in row_images(row["image"])):
+                if h not in train_side:
+                    continue
                 raise RuntimeError(f"toyworld: {name}.tsv row {row['index']} shows the same pixels as train-side "
                                    f"image {train_side[h]}; benchmark images must be held out")
 

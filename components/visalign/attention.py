@@ -1,0 +1,264 @@
+"""Attention capture during generation, and MIA-DPO's attention ratios (METHODS.md section 2).
+
+Capture. For one decoder layer, the attention of every generated token (the prefill is excluded)
+to each image's tokens, averaged over heads and over the generated rows, plus each step's max
+log-softmax (for the response's perplexity). It is done through transformers' documented
+extension point for attention (AttentionInterface): the language model runs a registered
+implementation that delegates to SDPA everywhere and, for the one hooked layer at decode steps,
+also computes that step's softmax(q k^T) from the same q and k and folds its head-mean into a
+running sum. `generate(output_attentions=True)` would instead keep every layer's full weights for
+every step (layers x heads x query x key per step: for LLaVA-1.5-7B's ~600-token single-image
+prompt, 32 x 32 x 600^2 fp32 = 1.5 GB for the prefill alone, growing with each image); here the
+extra memory is one batch x key row per step for one layer, and nothing is kept but the sums.
+
+Image token spans come from the processor's output: runs of the processor's image token id in
+input_ids, one run (or an equal share of runs) per image, never model-specific offsets.
+
+Ratios. Pure functions of the captured per-image attention vectors:
+  sequence:   mean attention to the target image / sum over images of their mean attention;
+  grid:       the image's token map split into the collage's cells; target cell / total;
+  pic_in_pic: attention inside the pasted central box / total.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+CAPTURE_IMPLEMENTATION = "visalign_attention_capture"
+_ACTIVE: dict[int, Capture] = {}  # id(attention module) -> the capture session hooked on it
+_registered = False
+
+
+# ---- ratios: pure functions -------------------------------------------------------------------
+
+def sequence_ratio(per_image: Sequence[Sequence[float]], target: int) -> float:
+    """Mean attention to image `target` (1-based) over the sum of every image's mean attention."""
+    means = [sum(v) / len(v) if len(v) else 0.0 for v in per_image]
+    total = sum(means)
+    if not 1 <= target <= len(means):
+        raise ValueError(f"target={target}: must be in 1..{len(means)}")
+    return means[target - 1] / total if total > 0 else 0.0
+
+
+def token_centres(grid: Sequence[int], canvas: Sequence[int]) -> list[tuple[float, float]]:
+    """Pixel centre of each token of an h x w token map laid over a canvas of (width, height)."""
+    h, w = grid
+    width, height = canvas
+    return [((c + 0.5) * width / w, (r + 0.5) * height / h) for r in range(h) for c in range(w)]
+
+
+def _distance(point: tuple[float, float], box: Sequence[float]) -> float:
+    x, y = point
+    dx = max(box[0] - x, 0.0, x - box[2])
+    dy = max(box[1] - y, 0.0, y - box[3])
+    return math.hypot(dx, dy)
+
+
+def grid_ratio(attention: Sequence[float], grid: Sequence[int], canvas: Sequence[int],
+               cells: Sequence[Sequence[float]], target: int) -> float:
+    """Share of the image's attention on the target cell (1-based). Every token belongs to the cell
+    nearest its centre (inside = 0), so margins and padding split between neighbouring cells, as an
+    equal split of the map into rows x columns would."""
+    if len(attention) != grid[0] * grid[1]:
+        raise ValueError(f"attention has {len(attention)} tokens, the token grid {grid} has {grid[0] * grid[1]}")
+    total = sum(attention)
+    if total <= 0:
+        return 0.0
+    on_target = 0.0
+    for a, centre in zip(attention, token_centres(grid, canvas), strict=True):
+        nearest = min(range(len(cells)), key=lambda i: _distance(centre, cells[i]))
+        if nearest == target - 1:
+            on_target += a
+    return on_target / total
+
+
+def region_ratio(attention: Sequence[float], grid: Sequence[int], canvas: Sequence[int], box: Sequence[float]) -> float:
+    """Share of the image's attention on tokens whose centre lies inside `box` (pic-in-pic's centre)."""
+    if len(attention) != grid[0] * grid[1]:
+        raise ValueError(f"attention has {len(attention)} tokens, the token grid {grid} has {grid[0] * grid[1]}")
+    total = sum(attention)
+    inside = sum(a for a, c in zip(attention, token_centres(grid, canvas), strict=True) if _distance(c, box) == 0)
+    return inside / total if total > 0 else 0.0
+
+
+def perplexity(mean_max_logprob: float) -> float:
+    """exp(-mean log max-softmax) over the generated tokens (MIA-DPO's confidence filter)."""
+    return math.exp(-mean_max_logprob)
+
+
+# ---- image token spans from the processor's output ----------------------------------------------
+
+def image_token_id(processor: Any) -> int:
+    tid = getattr(processor, "image_token_id", None)
+    if tid is None:
+        token = getattr(processor, "image_token", None) or getattr(processor.tokenizer, "image_token", None)
+        tid = processor.tokenizer.convert_tokens_to_ids(token) if token else None
+    if tid is None:
+        raise ValueError(f"{type(processor).__name__}: no image_token_id or image_token; cannot find image spans")
+    return int(tid)
+
+
+def image_spans(ids: Sequence[int], token_id: int, num_images: int) -> list[list[tuple[int, int]]]:
+    """Per image, its [start, end) runs of `token_id` in one row's input_ids.
+
+    One run per image for LLaVA and Qwen2-VL; processors that split an image into tiles give each
+    image an equal share of the runs. Anything else is an error, never a guess.
+    """
+    runs, start = [], None
+    for i, t in enumerate([*ids, None]):
+        if t == token_id and start is None:
+            start = i
+        elif t != token_id and start is not None:
+            runs.append((start, i))
+            start = None
+    if num_images == 0 or len(runs) % num_images:
+        raise ValueError(f"found {len(runs)} runs of image token {token_id} for {num_images} images")
+    per = len(runs) // num_images
+    return [runs[i * per:(i + 1) * per] for i in range(num_images)]
+
+
+def token_grid(num_tokens: int, grid_thw: Sequence[int] | None = None, merge: int = 1) -> list[int] | None:
+    """(rows, columns) of an image's token map: from the processor's image_grid_thw when it gives
+    one (Qwen2-VL: patches merged merge x merge), else square maps (LLaVA, CLIP towers); None if unknown."""
+    if grid_thw is not None:
+        h, w = int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
+        return [h, w] if h * w == num_tokens else None
+    side = math.isqrt(num_tokens)
+    return [side, side] if side * side == num_tokens else None
+
+
+# ---- the capture --------------------------------------------------------------------------------
+
+def _capture_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA for every call; for the hooked layer at decode steps, also this step's head-mean weights."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    capture = _ACTIVE.get(id(module))
+    if capture is not None and query.shape[2] == 1:  # q_len 1: a decode step (the prefill is excluded)
+        capture.observe(query, key, attention_mask, kwargs.get("scaling"))
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def register() -> None:
+    """Register the capture implementation (and SDPA's mask for it) with transformers, once."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(CAPTURE_IMPLEMENTATION, _capture_attention)
+    AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
+    _registered = True
+
+
+def decoder_attention(model: Any, layer: int | None) -> tuple[Any, int]:
+    """The self-attention module of decoder layer `layer` (None: the middle one) and its index."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(decoder).__name__}: no .layers; attention capture needs a decoder with layers")
+    index = len(layers) // 2 if layer is None else layer
+    if not 0 <= index < len(layers):
+        raise ValueError(f"rollout.attention_layer={layer}: the decoder has {len(layers)} layers (0-based)")
+    attn = getattr(layers[index], "self_attn", None)
+    if attn is None:
+        raise ValueError(f"{type(layers[index]).__name__}: no self_attn module to hook")
+    return attn, index
+
+
+def enable(model: Any) -> None:
+    """Switch the language model (not the vision tower) to the capture implementation."""
+    register()
+    decoder_config = model.get_decoder().config
+    sub = next((k for k in model.config.sub_configs if getattr(model.config, k, None) is decoder_config), None)
+    model.set_attn_implementation({sub: CAPTURE_IMPLEMENTATION} if sub else CAPTURE_IMPLEMENTATION)
+
+
+class Capture:
+    """One generate() call's capture: a logits processor (pass it to generate) plus the layer hook.
+
+        with Capture(model, layer, enc, num_images, token_id, eos_ids) as cap:
+            model.generate(**enc, logits_processor=LogitsProcessorList([cap]))
+        cap.results()  # one dict per row
+    """
+
+    def __init__(self, model: Any, layer: int | None, enc: Any, num_images: Sequence[int], token_id: int,
+                 eos_ids: set[int], merge: int = 1):
+        import torch
+
+        self.module, self.layer = decoder_attention(model, layer)
+        ids = enc["input_ids"]
+        self.prompt_len = ids.shape[1]
+        rows = ids.tolist()
+        self.spans = [image_spans(r, token_id, n) if n else [] for r, n in zip(rows, num_images, strict=True)]
+        thw = enc.get("image_grid_thw")
+        thw = thw.tolist() if thw is not None else None
+        self.grids, k = [], 0
+        for spans in self.spans:
+            row_grids = []
+            for runs in spans:
+                n_tok = sum(e - s for s, e in runs)
+                row_grids.append(token_grid(n_tok, thw[k] if thw else None, merge))
+                k += 1
+            self.grids.append(row_grids)
+        batch, device = ids.shape[0], ids.device
+        self.eos = torch.tensor(sorted(eos_ids), device=device)
+        self.attn_sum = torch.zeros(batch, self.prompt_len, dtype=torch.float32, device=device)
+        self.rows = torch.zeros(batch, dtype=torch.float32, device=device)
+        self.logprob_sum = torch.zeros(batch, dtype=torch.float32, device=device)
+        self.tokens = torch.zeros(batch, dtype=torch.float32, device=device)
+        self.pending = None  # the hooked layer's weights of the step whose logits come next
+
+    def __enter__(self) -> Capture:
+        _ACTIVE[id(self.module)] = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.pop(id(self.module), None)
+
+    def observe(self, query, key, mask, scaling) -> None:
+        """softmax(q k^T * scaling + mask) of this decode step, mean over heads, prompt columns only."""
+        import torch
+
+        q, k = query.float(), key.float()
+        if k.shape[1] != q.shape[1]:  # grouped-query attention: each key head serves several query heads
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) * (scaling if scaling is not None else q.shape[-1] ** -0.5)
+        if mask is not None:
+            mask = mask[..., : scores.shape[-1]]
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        weights = torch.softmax(scores, dim=-1).mean(dim=1)[:, 0, : self.prompt_len]  # batch x prompt keys
+        self.pending = weights
+
+    def __call__(self, input_ids, scores):
+        """Logits processor: runs after each forward; books that step for the rows still generating."""
+        import torch
+
+        generated = input_ids[:, self.prompt_len:]
+        alive = ~torch.isin(generated, self.eos).any(dim=1) if generated.shape[1] else \
+            torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        alive_f = alive.float()
+        self.logprob_sum += torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values * alive_f
+        self.tokens += alive_f
+        if self.pending is not None:  # this step's query was the previous token: a generated row
+            self.attn_sum += self.pending * alive_f[:, None]
+            self.rows += alive_f
+            self.pending = None
+        return scores
+
+    def results(self) -> list[dict[str, Any]]:
+        """Per row: layer, generated rows seen, per-image mean attention vectors, token grids, perplexity."""
+        out = []
+        for b, spans in enumerate(self.spans):
+            rows = float(self.rows[b])
+            mean = (self.attn_sum[b] / rows).tolist() if rows else None
+            images = [[round(mean[i], 8) for s, e in runs for i in range(s, e)] for runs in spans] if mean else None
+            tokens = float(self.tokens[b])
+            mlp = float(self.logprob_sum[b] / tokens) if tokens else None
+            out.append({"attention": {"layer": self.layer, "rows": int(rows), "images": images,
+                                      "grids": self.grids[b]},
+                        "mean_max_logprob": mlp, "perplexity": perplexity(mlp) if mlp is not None else None})
+        return out

@@ -1,0 +1,152 @@
+"""IPA's verifier: verdict parsing, the local (policy) verifier, and the endpoint verifier against a
+local HTTP stand-in for an OpenAI-compatible chat endpoint (named as such: no real endpoint can
+be reached from the test machines)."""
+
+from collections import Counter
+
+import pytest
+from PIL import Image
+from verifier_standin import StandInEndpoint
+
+from visalign import recipes, verify
+from visalign.recipes import VerifyParams
+from visalign.verify import CRITERIA, EndpointVerifier, LocalVerifier, VerifyItem, parse_verdict
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("entails: yes\ncomplete: yes\nconsistent: yes\nfollows: yes\nreason: matches the reference",
+     ({k: True for k in CRITERIA}, "matches the reference")),
+    ('Sure. {"entails": false, "complete": "no", "consistent": true, "follows": "yes", "reason": "wrong colour"}',
+     ({"entails": False, "complete": False, "consistent": True, "follows": True}, "wrong colour")),
+    ("**Entails**: No\n**Complete**: no\nConsistent = yes\nFollows: YES",
+     ({"entails": False, "complete": False, "consistent": True, "follows": True}, "")),
+    (" no no no yes | off by one", ({"entails": False, "complete": False, "consistent": False, "follows": True},
+                                    "off by one")),
+])
+def test_parse_verdict_reads_the_structured_forms(text, expected):
+    assert parse_verdict(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "red", "yes yes", "entails: yes\ncomplete: maybe\nconsistent: yes\nfollows: yes",
+                                  '{"entails": true}', "yes yes perhaps yes"])
+def test_parse_verdict_refuses_incomplete_or_garbage(text):
+    assert parse_verdict(text) is None
+
+
+def _item(i=0, response="red", reference="red"):
+    return VerifyItem(id=f"r{i}", question="What colour is the circle?", reference=reference, response=response,
+                      images=[Image.new("RGB", (64, 64), "white")])
+
+
+def test_local_verifier_on_a_model_that_answers_garbage_counts_and_retries_once(tiny_model):
+    """The untrained tiny model cannot write a verdict: every answer is unparseable, asked again
+    once with the retry suffix, then counted; nothing is verified and nothing crashes."""
+    from visalign.models import load_model
+    from visalign.rollout import HFEngine
+
+    loaded = load_model(str(tiny_model))
+    calls = []
+
+    class Counting(HFEngine):
+        def generate(self, requests):
+            calls.append([r.question for r in requests])
+            return super().generate(requests)
+
+    params = VerifyParams(prompt=recipes.IPA_TOY_VERIFY_PROMPT, retry_suffix=" again", max_new_tokens=4)
+    verifier = LocalVerifier(Counting(loaded.model, loaded.processor, batch_size=4, max_new_tokens=4))
+    counts = Counter()
+    verdicts = verify.verify([_item(i) for i in range(3)], verifier, params, counts)
+    assert [v.status for v in verdicts] == ["unparseable"] * 3
+    assert all(v.attempts == 2 and v.raw is not None for v in verdicts)
+    assert len(calls) == 2 and all(q.endswith(" again") for q in calls[1])
+    assert counts["unparseable"] == 3 and counts["unparseable_first_try"] == 3
+
+
+# ---- the endpoint verifier against a local HTTP stand-in ---------------------------------------
+
+@pytest.fixture
+def endpoint():
+    made = []
+
+    def make(*a, **kw):
+        made.append(StandInEndpoint(*a, **kw))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def _params(**kw):
+    return VerifyParams(prompt=recipes.IPA_TOY_VERIFY_PROMPT, **{"endpoint_timeout_s": 5.0, **kw})
+
+
+def test_endpoint_verifier_judges_and_sends_model_key_and_image(endpoint, monkeypatch):
+    server = endpoint()
+    monkeypatch.setenv(verify.ENV_URL, server.url)
+    monkeypatch.setenv(verify.ENV_MODEL, "judge-7b")
+    monkeypatch.setenv(verify.ENV_KEY, "sk-test")
+    verifier = EndpointVerifier.from_env(_params())
+    verdicts = verify.verify([_item(0, "red"), _item(1, "blue")], verifier, _params())
+    assert [v.status for v in verdicts] == ["verified", "rejected"]
+    assert verdicts[1].criteria == {"entails": False, "complete": False, "consistent": False, "follows": True}
+    assert verdicts[0].reason == "compared"
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
+    assert req["body"]["model"] == "judge-7b" and req["body"]["temperature"] == 0
+    assert req["body"]["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_endpoint_settings_come_from_the_environment_only(monkeypatch):
+    monkeypatch.delenv(verify.ENV_URL, raising=False)
+    with pytest.raises(ValueError, match="VISALIGN_VERIFIER_URL"):
+        EndpointVerifier.from_env(_params())
+
+
+def test_endpoint_500s_are_retried_with_backoff_then_succeed(endpoint):
+    server = endpoint(script=["500", "500", "429"])
+    sleeps = []
+    verifier = EndpointVerifier(server.url, "m", None, _params(endpoint_retries=4), sleep=sleeps.append)
+    (v,) = verify.verify([_item()], verifier, _params())
+    assert v.status == "verified"
+    assert sleeps == [1.0, 2.0, 4.0]  # exponential backoff
+    assert verifier.stats["http_500"] == 2 and verifier.stats["http_429"] == 1 and verifier.stats["retries"] == 3
+
+
+def test_endpoint_that_keeps_failing_counts_the_sample_unverified(endpoint):
+    server = endpoint(default="500")
+    sleeps = []
+    params = _params(endpoint_retries=3, endpoint_backoff_s=10.0, endpoint_backoff_max_s=15.0)
+    verifier = EndpointVerifier(server.url, "m", None, params, sleep=sleeps.append)
+    counts = Counter()
+    verdicts = verify.verify([_item(0), _item(1)], verifier, params, counts)
+    assert [v.status for v in verdicts] == ["error", "error"] and not any(v.verified for v in verdicts)
+    assert sleeps == [10.0, 15.0, 15.0] * 2  # capped at backoff_max_s
+    assert len(server.requests) == 8 and counts["error"] == 2
+
+
+def test_endpoint_timeouts_are_retried_then_counted(endpoint):
+    server = endpoint(default="slow", delay=0.6)
+    params = _params(endpoint_timeout_s=0.2, endpoint_retries=1, endpoint_backoff_s=0.0)
+    verifier = EndpointVerifier(server.url, "m", None, params)
+    (v,) = verify.verify([_item()], verifier, params)
+    assert v.status == "error" and len(server.requests) == 2
+    assert sum(n for k, n in verifier.stats.items() if k != "retries") == 2
+
+
+def test_endpoint_client_error_is_not_retried(endpoint):
+    server = endpoint(default="400")
+    verifier = EndpointVerifier(server.url, "m", None, _params(), sleep=lambda s: None)
+    (v,) = verify.verify([_item()], verifier, _params())
+    assert v.status == "error" and len(server.requests) == 1 and verifier.stats["http_400"] == 1
+
+
+def test_endpoint_garbage_is_asked_again_once(endpoint):
+    server = endpoint(script=["garbage", "garbage", "garbage"])
+    verifier = EndpointVerifier(server.url, "m", None, _params())
+    counts = Counter()
+    v1, v2 = verify.verify([_item(0), _item(1, "blue")], verifier, _params(), counts)
+    # item 0: garbage, then garbage again -> unparseable; item 1: garbage, then judged
+    assert (v1.status, v1.attempts, v2.status, v2.attempts) == ("unparseable", 2, "rejected", 2)
+    assert server.requests[2]["body"]["messages"][0]["content"][-1]["text"].endswith(_params().retry_suffix)
+    assert counts["unparseable_first_try"] == 2 and counts["unparseable"] == 1
