@@ -1,4 +1,9 @@
-"""Compile every pipeline to pipelines/compiled/<name>.yaml (`make compile`); --check fails if stale."""
+"""Compile every pipeline to pipelines/compiled/<name>.yaml (`make compile`); --check fails if stale.
+
+The image (VISALIGN_IMAGE) and cluster settings (VISALIGN_CLUSTER_SETTINGS) are read when the
+pipeline modules are imported, so compile with other settings in a new process (as the chart's
+upload Job does), with --out-dir.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ def compile_all(out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="Compare with the committed IR instead of writing it.")
+    parser.add_argument("--out-dir", type=Path, default=COMPILED_DIR, help="Where to write the IR (default: %(default)s).")
     args = parser.parse_args(argv)
     if not args.check:
-        for p in compile_all(COMPILED_DIR):
+        for p in compile_all(args.out_dir):
             print(f"wrote {p}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -165,8 +165,11 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
                                    processing_class=processor, peft_config=peft_config, callbacks=[curve])
         log.info("train: %d pairs x %d repeats, %s, resume=%s", len(pairs), params.data_repeats,
                  f"LoRA r={params.lora_r}" if peft_config else "full", resume)
-        result = trainer.train(resume_from_checkpoint=resume or None)
-        _save(trainer, processor, out, params, model, recipe, pairs, pairs_dir, mlrun.info.run_id)
+        try:
+            result = trainer.train(resume_from_checkpoint=resume or None)
+            _save(trainer, processor, out, params, model, recipe, pairs, pairs_dir, mlrun.info.run_id)
+        finally:
+            _release_deepspeed()
         (out / "loss_curve.json").write_text(json.dumps(curve.history))
         mlflow.log_artifact(str(out / "loss_curve.json"))
     if not params.checkpoint_dir:
@@ -181,6 +184,14 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     )
     report.write(out)
     return report
+
+
+def _release_deepspeed() -> None:
+    """Forget the trainer's DeepSpeed config: transformers keeps it module-global, and while it is
+    set every later from_pretrained in this process builds ZeRO-3-partitioned (empty) weights."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def _trainer(params: TrainParams):

@@ -15,6 +15,8 @@ import yaml
 from deploy_support import KUBE_VERSION
 from visalign_pipelines import settings
 
+from fresh_process import compile_fresh
+
 CHART = Path(__file__).resolve().parents[2] / "charts" / "visalign"
 GPU_S3 = yaml.safe_load((CHART / "ci" / "gpu-external-s3-values.yaml").read_text())
 VALUE_SETS = {"default": {}, "gpu-external-s3": GPU_S3}
@@ -181,25 +183,14 @@ def test_hooks_upload_the_pipelines_and_test_mlflow_and_the_object_store():
     compile(script, "helm-test", "exec")  # the probe is valid Python
 
 
-def test_the_gpu_values_compile_into_the_pipelines(tmp_path, monkeypatch):
+def test_the_gpu_values_compile_into_the_pipelines(tmp_path):
     """The chart's settings ConfigMap is what the upload Job compiles with: check the IR it yields."""
     objs = {o["metadata"]["name"]: o for o in objects(GPU_S3)}
     (tmp_path / "cluster.yaml").write_text(objs["visalign-pipeline-settings"]["data"]["cluster.yaml"])
     cs = settings.cluster_settings(tmp_path / "cluster.yaml")
     assert cs.pools["train"].accelerator_limit == 8 and cs.train_launcher == "trainjob"
-    import importlib
-
-    import visalign_pipelines.seva as seva_module
-    from kfp import compiler
-
     # @dsl.pipeline builds the graph at import: the settings are read then, as in the upload Job's process
-    monkeypatch.setenv(settings.SETTINGS_ENV, str(tmp_path / "cluster.yaml"))
-    try:
-        compiler.Compiler().compile(importlib.reload(seva_module).seva, str(tmp_path / "seva.yaml"))
-    finally:
-        monkeypatch.delenv(settings.SETTINGS_ENV)
-        importlib.reload(seva_module)
-    spec, platform = list(yaml.safe_load_all((tmp_path / "seva.yaml").read_text()))
+    spec, platform = compile_fresh(tmp_path / "ir", {settings.SETTINGS_ENV: str(tmp_path / "cluster.yaml")})["seva"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s["exec-rollout"]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-train"]["container"].get("resources", {})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from fresh_process import run_fresh
 from visalign import cli, kfp_client
 from visalign.recipes import ConfigError
 
@@ -89,7 +90,8 @@ def test_submit_runs_the_newest_version_gets_or_creates_the_experiment_and_print
     assert len(kfp_api.experiments) == 1 and len(kfp_api.runs) == 2
     run = kfp_api.runs[0]
     assert run["service_account"] == "visalign-runner"
-    assert run["pipeline_version_reference"]["pipeline_version_id"] == "p-1-v2"  # the newest, not this checkout's
+    (seva_id,) = [p for p, v in kfp_api.pipelines.items() if v["display_name"] == "visalign-seva"]
+    assert run["pipeline_version_reference"]["pipeline_version_id"] == f"{seva_id}-v2"  # the newest, not this checkout's
     params = run["runtime_config"]["parameters"]
     assert params["seeds"] == ["s3://v/seeds/a.json", "s3://v/seeds/b.tsv"]
     assert params["overrides"] == {"train.num_nodes": "2"} and params["profile"] == "toy"
@@ -107,26 +109,16 @@ def test_submit_without_an_uploaded_pipeline_says_what_to_do(kfp_api, capsys):
     assert "install the chart" in capsys.readouterr().err and not kfp_api.runs
 
 
-def test_upload_compile_uses_the_environments_image_and_cluster_settings(kfp_api, tmp_path, monkeypatch):
+def test_upload_compile_uses_the_environments_image_and_cluster_settings(kfp_api, tmp_path):
     settings_file = tmp_path / "cluster.yaml"
     settings_file.write_text("pools:\n  train:\n    accelerator_limit: 8\n    node_selector: {pool: h100}\n")
-    monkeypatch.setenv("VISALIGN_IMAGE", "registry.example/visalign-cuda@sha256:" + "2" * 64)
-    monkeypatch.setenv("VISALIGN_CLUSTER_SETTINGS", str(settings_file))
-    import importlib
-
-    import visalign_pipelines.components as components
-    import visalign_pipelines.seva as seva
-
-    try:
-        importlib.reload(components)
-        importlib.reload(seva)
-        assert cli.main(["upload", "--host", kfp_api.url, "--compile"]) == 0
-    finally:
-        monkeypatch.undo()
-        importlib.reload(components)
-        importlib.reload(seva)
-    (body,) = kfp_api.uploads
-    assert b"registry.example/visalign-cuda@sha256:" + b"2" * 64 in body and b"pool: h100" in body
+    digest = "registry.example/visalign-cuda@sha256:" + "2" * 64
+    # its own process, as the chart's upload Job: the pipelines read image and settings at import
+    run_fresh(["visalign.cli", "upload", "--host", kfp_api.url, "--compile"],
+              {"VISALIGN_IMAGE": digest, "VISALIGN_CLUSTER_SETTINGS": str(settings_file), "HOME": str(tmp_path)})
+    assert len(kfp_api.uploads) == len(IRS)
+    for body in kfp_api.uploads:
+        assert digest.encode() in body and b"pool: h100" in body
 
 
 def test_submit_refuses_bad_input_without_calling_the_server(kfp_api, capsys):

@@ -23,7 +23,8 @@ def test_tracking_uri_falls_back_to_a_local_store_with_a_warning(monkeypatch, tm
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.WARNING, logger="visalign.tracking"):
-        assert tracking.tracking_uri() == (tmp_path / "mlruns").as_uri()
+        # SQLite, not ./mlruns: MLflow 3 refuses the file store and the registry needs a database.
+        assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert "MLFLOW_TRACKING_URI is not set" in caplog.text
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     assert tracking.tracking_uri() == "http://127.0.0.1:1"

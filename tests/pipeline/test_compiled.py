@@ -5,6 +5,8 @@ import yaml
 from visalign_pipelines import compile as compile_mod
 from visalign_pipelines import settings
 
+from fresh_process import compile_fresh
+
 
 def _load(name):
     docs = list(yaml.safe_load_all((compile_mod.COMPILED_DIR / f"{name}.yaml").read_text()))
@@ -40,26 +42,13 @@ def test_gpu_settings_only_on_rollout_and_train():
         assert cfg["emptyDirMounts"][0]["medium"] == "Memory"
 
 
-def test_image_setting_reaches_the_ir(monkeypatch, tmp_path):
-    import importlib
-
-    import visalign_pipelines.components as components
-    import visalign_pipelines.seva as seva
-
-    monkeypatch.setenv("VISALIGN_IMAGE", "registry.example/visalign@sha256:" + "0" * 64)
-    try:
-        importlib.reload(components)
-        importlib.reload(seva)
-        from kfp import compiler
-
-        compiler.Compiler().compile(seva.seva, str(tmp_path / "seva.yaml"))
-        spec = next(yaml.safe_load_all((tmp_path / "seva.yaml").read_text()))
+def test_image_setting_reaches_the_ir(tmp_path):
+    digest = "registry.example/visalign@sha256:" + "0" * 64
+    compiled = compile_fresh(tmp_path, {"VISALIGN_IMAGE": digest})
+    assert set(compiled) == {"seva", "mpo", "mia-dpo", "ipa"}
+    for name, (spec, _) in compiled.items():
         images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
-        assert images == {"registry.example/visalign@sha256:" + "0" * 64}
-    finally:
-        monkeypatch.delenv("VISALIGN_IMAGE")
-        importlib.reload(components)
-        importlib.reload(seva)
+        assert images == {digest}, name
 
 
 def test_pipeline_parameters_have_documented_defaults():

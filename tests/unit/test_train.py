@@ -97,3 +97,10 @@ def test_deepspeed_single_process_on_cpu(tiny_model, pairs_dir, tmp_path, stage,
                        params=TrainParams(**{**TOY, "deepspeed": stage, "data_repeats": 1}))
     assert report.extra["deepspeed"] == stage and report.extra["steps"] == 2
     assert (tmp_path / stage / "adapter_model.safetensors").exists()
+    # The next model this process loads is whole again (not ZeRO-3-partitioned into empty tensors).
+    from transformers import AutoModelForImageTextToText
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    assert not is_deepspeed_zero3_enabled()
+    again = AutoModelForImageTextToText.from_pretrained(tiny_model)
+    assert all(p.numel() > 0 for p in again.parameters())
