@@ -138,8 +138,9 @@ SCORERS: dict[str, Scorer] = {
     "anls": anls,
 }
 # The answer types seeds use elsewhere in the project, mapped onto a scorer.
+# MathVista-style seeds and benchmarks name their types integer / float / text.
 ALIASES: dict[str, str] = {"yes_no": "vqa", "short": "vqa", "count": "numeric", "number": "numeric",
-                           "letter": "multiple_choice"}
+                           "letter": "multiple_choice", "integer": "numeric", "float": "numeric", "text": "vqa"}
 
 
 def scorer_for(answer_type: str | None) -> str | None:

@@ -12,16 +12,24 @@ every loss type inside one `_compute_loss` with no per-loss hook. So `MPOTrainer
 `_compute_loss` only when bco_pair with delta is asked for, reusing TRL's pieces (the fused-LM-head
 forward, `compute_ref_log_probs`, the `_metrics` logging); every other loss-type combination goes
 to TRL unchanged. `mpo_loss` is the formula as a pure function of log-probs (tested against an
-independent implementation).
+independent implementation). The running delta is saved in every checkpoint (DELTA_FILE) and read
+back when training resumes from one, so a resumed run does not restart it at 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import asdict, dataclass
 from typing import Any
 
-# The loss types the delta-aware path computes itself; anything else stays with TRL.
+# The loss types the delta-aware path computes itself; anything else stays with TRL. recipes.validate
+# rejects other combinations with bco_pair before any work starts.
 MPO_LOSS_TYPES = ("sigmoid", "bco_pair", "sft")
+# The DPOConfig options the delta-aware path assumes at their defaults (it does not implement the others).
+PLAIN_DPO_OPTIONS = {"ld_alpha": None, "use_weighting": False, "precompute_ref_log_probs": False,
+                     "f_divergence_type": "reverse_kl"}
+DELTA_FILE = "mpo_delta.json"  # in every checkpoint-*/ folder: a resumed run continues the running mean
 
 
 @dataclass
@@ -39,6 +47,20 @@ class RunningDelta:
         self.total += float(batch_mean)
         self.batches += 1
         return self.value
+
+    def save(self, folder: str | os.PathLike) -> None:
+        with open(os.path.join(folder, DELTA_FILE), "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> RunningDelta | None:
+        """The delta saved in a checkpoint folder; None when it holds none."""
+        path = os.path.join(folder, DELTA_FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        return cls(total=float(saved["total"]), batches=int(saved["batches"]))
 
 
 def mpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_nll, *, beta: float,
@@ -92,14 +114,37 @@ def trainer_class():
             self.delta = RunningDelta()
             self.mpo_path = mpo_delta and "bco_pair" in self.loss_types
             if self.mpo_path:
-                unsupported = [t for t in self.loss_types if t not in MPO_LOSS_TYPES]
-                if unsupported or self.ld_alpha is not None or self.use_weighting or self.precompute_ref_logps \
-                        or self.f_divergence_type != "reverse_kl":
-                    raise ValueError(
-                        f"train.loss_type={self.loss_types}: bco_pair with MPO's delta combines only with "
-                        f"{MPO_LOSS_TYPES}, plain reverse-KL DPO, no ld_alpha/use_weighting/precomputed reference; "
-                        f"unsupported here: {unsupported or 'a DPOConfig option'}. Set mpo.delta=false for TRL's "
-                        "bco_pair (no shift).")
+                self._check_mpo_options()
+
+        def _check_mpo_options(self) -> None:
+            """Loss types are checked by recipes.validate too; the DPOConfig options only here (recipes
+            do not set them, a caller building the trainer directly may)."""
+            unsupported = [t for t in self.loss_types if t not in MPO_LOSS_TYPES]
+            options = {"ld_alpha": self.ld_alpha, "use_weighting": self.use_weighting,
+                       "precompute_ref_log_probs": self.precompute_ref_logps,
+                       "f_divergence_type": self.f_divergence_type}
+            changed = {k: v for k, v in options.items() if v != PLAIN_DPO_OPTIONS[k]}
+            if unsupported or changed:
+                raise ValueError(
+                    f"train.loss_type={self.loss_types}: bco_pair with MPO's delta combines only with "
+                    f"{MPO_LOSS_TYPES}, plain reverse-KL DPO, no ld_alpha/use_weighting/precomputed reference; "
+                    f"unsupported here: {unsupported or changed}. Set train.bco_delta=false for TRL's "
+                    "bco_pair (no shift).")
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.mpo_path and self.args.should_save:  # delta is the same on every rank (a gathered mean)
+                from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+                folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                self.delta.save(folder)
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            # Trainer calls this once with the resumed checkpoint's folder, with or without DeepSpeed.
+            super()._load_optimizer_and_scheduler(checkpoint)
+            saved = RunningDelta.load(checkpoint) if checkpoint and self.mpo_path else None
+            if saved is not None:
+                self.delta = saved
 
         def _compute_loss(self, model, inputs, return_outputs):
             if not self.mpo_path or return_outputs:

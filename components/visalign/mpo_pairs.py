@@ -6,7 +6,8 @@
   whose chosen text is a substring of its rejected text is skipped (the rejected would teach the
   chosen's tokens as bad), duplicates are dropped, and at most `max_pairs_per_question` are kept,
   drawn with a per-question seed.
-- Prompts WITHOUT one -> DropoutNTP. chosen = the model's own answer with the image (sample 0);
+- Prompts WITHOUT one -> DropoutNTP. chosen = the model's own answer with the image (each
+  distinct one of the rollout.samples_without_reference samples);
   its first `dropout_ratio` of words is given as an assistant prefix to the same model WITHOUT
   the image, which continues it; rejected = prefix + that continuation.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import re
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -76,39 +78,56 @@ def correctness_pairs(prompt: Prompt, question: str, right: list[Response], wron
 
 
 def truncate_words(text: str, ratio: float) -> str | None:
-    """The first `ratio` of the words (at least one, at most all but one); None under two words."""
-    words = text.split()
+    """The text up to the end of its k-th word, k = `ratio` of the words (at least one, at most all
+    but one), whitespace as written (so the prefix is exactly the chosen answer's start); None
+    under two words."""
+    words = list(re.finditer(r"\S+", text))
     if len(words) < 2:
         return None
     keep = min(len(words) - 1, max(1, int(len(words) * ratio)))
-    return " ".join(words[:keep])
+    return text[:words[keep - 1].end()]
 
 
 def dropout_ntp_pairs(items: list[tuple[Prompt, Response]], question_of, engine: GenerationEngine,
                       params: MpoPairsParams, report: StageReport) -> list[Pair]:
     """chosen = the answer with the image; rejected = its prefix continued without the image."""
     todo = []
-    for prompt, chosen in items:
-        prefix = truncate_words(chosen.text, params.dropout_ratio)
+    for prompt, response in items:
+        chosen = response.text.strip()
+        prefix = truncate_words(chosen, params.dropout_ratio)
         if prefix is None:
-            report.drop("too_short_to_truncate", f"prompt {prompt.id}: answer {chosen.text!r:.60} has < 2 words")
+            report.drop("too_short_to_truncate", f"prompt {prompt.id}: answer {chosen!r:.60} has < 2 words")
             continue
-        todo.append((prompt, chosen, prefix))
-    requests = [GenerationRequest(id=p.id, images=[], question=question_of(p), assistant_prefix=prefix)
-                for p, _, prefix in todo]
+        todo.append((prompt, response, prefix))
+    requests = [GenerationRequest(id=p.id, images=[], question=question_of(p), assistant_prefix=prefix,
+                                  seed_key=r.id) for p, r, prefix in todo]
     pairs = []
-    for (prompt, chosen, prefix), res in zip(todo, engine.generate(requests) if requests else [], strict=True):
-        rejected = f"{prefix} {res.text}".strip()
-        if rejected == chosen.text.strip():
+    for (prompt, response, prefix), res in zip(todo, engine.generate(requests) if requests else [], strict=True):
+        chosen = response.text.strip()
+        # Verbatim: the continuation carries its own leading space, or none when it ends the prefix's word.
+        rejected = (prefix + res.text).rstrip()
+        if rejected == chosen:
             report.drop("continuation_equals_chosen")
             continue
         pairs.append(Pair(
-            id=schema.stable_id(prompt.id, chosen.text.strip(), rejected), images=prompt.images,
-            prompt=question_of(prompt), chosen=chosen.text.strip(), rejected=rejected, prompt_id=prompt.id,
+            id=schema.stable_id(prompt.id, chosen, rejected), images=prompt.images,
+            prompt=question_of(prompt), chosen=chosen, rejected=rejected, prompt_id=prompt.id,
             provenance={"builder": "dropout_ntp", "source": prompt.source, "source_row": prompt.source_row,
-                        "chosen_response": chosen.id, "prefix_words": len(prefix.split()),
+                        "chosen_response": response.id, "prefix_words": len(prefix.split()),
                         "continuation_finish": res.finish_reason}))
     return pairs
+
+
+def _distinct_answers(prompt: Prompt, responses: list[Response], report: StageReport) -> list[tuple[Prompt, Response]]:
+    """One DropoutNTP item per distinct answer of a prompt (a repeated answer would repeat its pair)."""
+    seen, items = set(), []
+    for r in responses:
+        if r.text.strip() in seen:
+            report.drop("duplicate_answer")
+            continue
+        seen.add(r.text.strip())
+        items.append((prompt, r))
+    return items
 
 
 def _dropout_engine(model: str, params: MpoPairsParams) -> GenerationEngine:
@@ -150,7 +169,7 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: MpoPai
         if not responses:
             report.drop("no_responses", f"prompt {p.id} ({p.source} row {p.source_row}): no samples in {responses_dir}")
         elif p.reference is None:
-            ntp_items.append((p, responses[0]))
+            ntp_items += _distinct_answers(p, responses, report)
         elif correctness.scorer_for(p.answer_type) is None:
             report.drop("unknown_answer_type", f"prompt {p.id} ({p.source} row {p.source_row}): field 'answer_type'"
                         f"={p.answer_type!r} has no scorer; known: {sorted(correctness.SCORERS)}")
@@ -162,7 +181,7 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: MpoPai
     n_correctness = len(pairs)
     if ntp_items:
         if engine is None and model is None:
-            raise ValueError(f"{len(ntp_items)} prompts have no reference answer: DropoutNTP needs a model "
+            raise ValueError(f"{len({p.id for p, _ in ntp_items})} prompts have no reference answer: DropoutNTP needs a model "
                              "(pass model=...)")
         pairs += dropout_ntp_pairs(ntp_items, question_of, engine or _dropout_engine(model, params), params, report)
     _copy_images(pairs, Path(prompts_dir), out)
@@ -170,7 +189,7 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: MpoPai
     questions = sum(profile.values())
     report.extra.update(
         correctness_questions=questions, correctness_pairs=n_correctness,
-        dropout_ntp_questions=len(ntp_items), dropout_ntp_pairs=len(pairs) - n_correctness,
+        dropout_ntp_questions=len({p.id for p, _ in ntp_items}), dropout_ntp_pairs=len(pairs) - n_correctness,
         pairs_per_question=round(n_correctness / questions, 4) if questions else 0.0,
         judged_responses=judged, format_negatives=sum(formats.values()), format_negatives_by_reason=dict(formats),
         format_negative_rate=round(sum(formats.values()) / judged, 4) if judged else 0.0,

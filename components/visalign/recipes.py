@@ -69,6 +69,9 @@ class RolloutParams:
     # ---- sampling mode (MPO; IPA builds on it). Defaults keep SeVa's one greedy answer. ----
     num_samples: int = _p(1, "Responses per prompt (and view); sample_index 0..N-1. MPO's correctness pairs: 32. "
                           "More than 1 needs do_sample.")
+    samples_without_reference: int = _p(1, "Responses per prompt that has no reference answer (num_samples is for "
+                                        "those with one). MPO: 1, DropoutNTP uses one answer per such prompt; more "
+                                        "than 1 needs do_sample.")
     do_sample: bool = _p(False, "Sample instead of greedy decoding (MPO: true, with temperature/top_k below).")
     temperature: float = _p(0.7, "Sampling temperature, > 0 (MPO: 0.7). Used only with do_sample.")
     top_k: int = _p(50, "Sample from the k most likely tokens; 0 = no limit (MPO: 50). Used only with do_sample.")
@@ -211,6 +214,12 @@ class VerifyParams:
     endpoint_backoff_factor: float = _p(2.0, "Endpoint: backoff multiplier.")
     endpoint_backoff_max_s: float = _p(30.0, "Endpoint: longest single backoff in seconds.")
     endpoint_send_images: bool = _p(True, "Endpoint: send the image(s) as data URLs with the prompt.")
+    max_consecutive_errors: int | None = _p(20, "Endpoint circuit breaker: after this many items in a row without "
+                                            "an answer (every retry failed), stop calling; the rest count as error "
+                                            "(skipped_after_outage). >= 1; None = never stop.")
+    max_error_share: float = _p(0.5, "ipa-pairs fails (naming the endpoint and the counts) when more than this share "
+                                "of the round's verdicts are errors, instead of training on a few pairs. In [0, 1]; "
+                                "1 = never fail.")
 
 
 # ---- end ipa ----------------------------------------------------------------------------------
@@ -239,6 +248,9 @@ class ComposeParams:
                                        "Focusing on the central image, "),
                                       "Pic-in-pic: opening phrases, one drawn per prompt (MIA-DPO's first one; the "
                                       "others unverified).")
+    distractor_group: str = _p("image_dir", "Where distractors come from: image_dir = the same seed file and the "
+                               "same top-level image folder (LLaVA-665k's subsets: coco, ocr_vqa, vg, gqa, textvqa), "
+                               "source = anywhere in the same seed file (MIA-DPO: 'from the same source').")
     seed: int = _p(0, "Seed of the format, distractor, order and layout draws (per prompt).")
 
 
@@ -284,8 +296,15 @@ class MpoPairsParams:
 
 
 def _validate_mpo(m: MpoPairsParams, t: TrainParams) -> list[str]:
-    """The pairs rules (METHODS.md section 3); a list of problems, empty when fine."""
+    """The pairs rules and the delta-aware loss's (METHODS.md section 3); a list of problems, empty when fine."""
+    from visalign.mpo_loss import MPO_LOSS_TYPES  # late: keeps this module free of heavy imports
+
     p = []
+    others = [lt for lt in t.loss_type if lt not in MPO_LOSS_TYPES]
+    if t.bco_delta and "bco_pair" in t.loss_type and others:  # every recipe: any may ask for bco_pair
+        p.append(f"train.loss_type={t.loss_type}: bco_pair with MPO's delta (train.bco_delta=true) combines only "
+                 f"with {MPO_LOSS_TYPES}, not {others}; drop those or set train.bco_delta=false for TRL's "
+                 "bco_pair without the shift")
     if not 0 < m.threshold <= 1:
         p.append(f"pairs.threshold={m.threshold}: must be in (0, 1] (MPO: 0.9)")
     if m.numeric_rel_tol < 0:
@@ -334,7 +353,10 @@ STAGES = ("sample", "augment", "rollout", "filter", "train", "evaluate", "regist
 PAPER: dict[str, dict[str, Any]] = {
     # MIA-DPO: reference answers are the chosen side; sigmoid DPO, LoRA r128/a256, lr 5e-5 linear,
     # warmup 0.1, ZeRO-2, 3 epochs, no repeats; global batch 64 = 1 per device x 8 accumulated x 8 GPUs.
-    "mia-dpo": {"rollout.capture_attention": True, "train.lora_r": 128, "train.lora_alpha": 256,
+    # max_length 4096: LLaVA-1.5 spends 576 tokens per image, so a 5-image sequence prompt is ~2.9k
+    # tokens before its text and a 512-token answer; the default 2048 would cut image tokens.
+    "mia-dpo": {"rollout.capture_attention": True, "train.max_length": 4096, "train.lora_r": 128,
+                "train.lora_alpha": 256,
                 "train.learning_rate": 5e-5, "train.lr_scheduler": "linear", "train.warmup_ratio": 0.1,
                 "train.deepspeed": "zero2", "train.num_epochs": 3.0, "train.data_repeats": 1,
                 "register.model_name": "visalign-mia-dpo"},
@@ -613,7 +635,7 @@ def validate(recipe: Recipe) -> None:
     if g.max_guard_drop < 0:
         p.append(f"register.max_guard_drop={g.max_guard_drop}: must be >= 0")
     p += _validate_ipa(recipe.ipa, recipe.verify)  # ---- ipa ----
-    p += _validate_mia(recipe.compose, recipe.select, r)  # ---- mia-dpo ----
+    p += _validate_mia(recipe.compose, recipe.select, r, recipe.name)  # ---- mia-dpo ----
     p += _validate_sampling(r)  # ---- rollout sampling mode (mpo) ----
     p += _validate_mpo(recipe.pairs, t)  # ---- mpo ----
     if p:
@@ -630,6 +652,11 @@ def _validate_sampling(r: RolloutParams) -> list[str]:
     if r.num_samples > 1 and not r.do_sample:
         p.append(f"rollout.num_samples={r.num_samples}: greedy decoding gives {r.num_samples} identical answers; "
                  "set rollout.do_sample=true or num_samples=1")
+    if r.samples_without_reference < 1:
+        p.append(f"rollout.samples_without_reference={r.samples_without_reference}: must be >= 1")
+    if r.samples_without_reference > 1 and not r.do_sample:
+        p.append(f"rollout.samples_without_reference={r.samples_without_reference}: greedy decoding gives identical "
+                 "answers; set rollout.do_sample=true or samples_without_reference=1")
     if r.temperature <= 0:
         p.append(f"rollout.temperature={r.temperature}: must be > 0 (MPO: 0.7); for greedy set do_sample=false")
     if r.top_k < 0:
@@ -641,11 +668,16 @@ def _validate_sampling(r: RolloutParams) -> list[str]:
     return p
 
 
-def _validate_mia(c: ComposeParams, s: SelectParams, r: RolloutParams) -> list[str]:
+def _validate_mia(c: ComposeParams, s: SelectParams, r: RolloutParams, name: str) -> list[str]:
     """The compose and select rules (METHODS.md section 2); a list of problems, empty when fine."""
     p = []
+    if name == "mia-dpo" and not r.capture_attention:  # select reads the attention ratio of every response
+        p.append("rollout.capture_attention=False: mia-dpo's select stage needs each response's attention to the "
+                 "images (without it every response is dropped as no_attention); set rollout.capture_attention=true")
     known = ("sequence", "grid", "pic_in_pic")
     p += [f"compose.formats: {f!r}: unknown; choose from {known}" for f in c.formats if f not in known]
+    if c.distractor_group not in ("image_dir", "source"):
+        p.append(f"compose.distractor_group={c.distractor_group!r}: choose image_dir or source")
     if not c.formats or len(c.mix) != len(c.formats) or any(w < 0 for w in c.mix) or sum(c.mix) <= 0:
         p.append(f"compose.mix={c.mix}: needs one weight >= 0 per format {c.formats}, not all 0")
     p += [f"compose.sequence_images: {n}: must be in {SEQUENCE_THRESHOLD_IMAGES} (a threshold exists for those)"
@@ -715,6 +747,11 @@ def _validate_ipa(i: IpaParams, v: VerifyParams) -> list[str]:
         p.append(f"verify.endpoint_*: need retries >= 0 (got {v.endpoint_retries}), timeout_s > 0 (got "
                  f"{v.endpoint_timeout_s}), backoff_s >= 0 (got {v.endpoint_backoff_s}), backoff_factor >= 1 "
                  f"(got {v.endpoint_backoff_factor})")
+    if v.max_consecutive_errors is not None and v.max_consecutive_errors < 1:
+        p.append(f"verify.max_consecutive_errors={v.max_consecutive_errors}: must be >= 1, or None to never stop "
+                 "calling a failing endpoint (e.g. 20)")
+    if not 0 <= v.max_error_share <= 1:
+        p.append(f"verify.max_error_share={v.max_error_share}: must be in [0, 1] (e.g. 0.5; 1 = never fail)")
     return p
 
 

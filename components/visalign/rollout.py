@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,8 +35,12 @@ class GenerationRequest:
     # Replays a tensor-space augmentation on this request's slice of pixel_values.
     pixel_transform: Callable[[Any], Any] | None = None
     # Text the assistant turn starts with; the model continues it (MPO's DropoutNTP). The result's
-    # text is the continuation only.
+    # text is the continuation only, its leading whitespace kept: prefix + text is the whole answer.
     assistant_prefix: str = ""
+    # Who owns this request and which sample it is (rollout.run: prompt id and sample index). It
+    # enters the batch seed, so the N copies of one prompt, or two prompts asking the same question,
+    # draw different samples.
+    seed_key: str | None = None
 
 
 @dataclass
@@ -89,9 +93,10 @@ class Sampling:
         return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
     def batch_seed(self, batch: Sequence[GenerationRequest]) -> int:
-        """A seed from the base seed and the batch's content: the same requests in the same batches
-        give the same samples in any run, whatever ran before them."""
-        key = schema.stable_id(self.seed, [(r.id, r.question, r.assistant_prefix, len(r.images)) for r in batch])
+        """A seed from the base seed and the batch's content (seed_key included): the same requests in
+        the same batches give the same samples in any run, whatever ran before them."""
+        key = schema.stable_id(self.seed, [(r.id, r.question, r.assistant_prefix, len(r.images))
+                                           + ((r.seed_key,) if r.seed_key is not None else ()) for r in batch])
         return int(key[:8], 16)
 
 
@@ -132,9 +137,17 @@ class HFEngine:
             attention.enable(model)
             attention.decoder_attention(model, attention_layer)  # a bad layer fails here, not mid-run
 
+    def _prompt_text(self, r: GenerationRequest) -> str:
+        messages = user_message(r.question, len(r.images))
+        if not r.assistant_prefix:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        # The assistant turn rendered as in training (e.g. LLaVA's space after "ASSISTANT:") and cut
+        # where the prefix ends, so the model continues the very tokens it is trained on.
+        turn = {"role": "assistant", "content": [{"type": "text", "text": r.assistant_prefix}]}
+        return self.processor.apply_chat_template(messages + [turn], continue_final_message=True)
+
     def _encode(self, batch: Sequence[GenerationRequest]):
-        texts = [self.processor.apply_chat_template(user_message(r.question, len(r.images)),
-                                                    add_generation_prompt=True) + r.assistant_prefix for r in batch]
+        texts = [self._prompt_text(r) for r in batch]
         images = [im for r in batch for im in r.images]
         enc = self.processor(images=images or None, text=texts, padding=True, return_tensors="pt")
         if "pixel_values" in enc and any(r.pixel_transform for r in batch):
@@ -172,8 +185,11 @@ class HFEngine:
             for r, ids, cap in zip(batch, new, captured, strict=True):
                 stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
                 kept = ids if stop is None else ids[:stop + 1]
+                text = tok.decode(kept, skip_special_tokens=True)
+                # A continuation keeps its leading whitespace: it may end the prefix's last word.
+                text = text.rstrip() if r.assistant_prefix else text.strip()
                 results.append(GenerationResult(
-                    id=r.id, text=tok.decode(kept, skip_special_tokens=True).strip(),
+                    id=r.id, text=text,
                     num_tokens=len(kept), finish_reason="length" if stop is None else "eos", capture=cap))
         return results
 
@@ -225,6 +241,32 @@ def _requests_for(prompt: Prompt, view: View | None, prompts_dir: str, views_dir
     return reqs
 
 
+def samples_for(prompt: Prompt, params: RolloutParams) -> int:
+    """rollout.num_samples for a prompt with a reference answer, samples_without_reference without
+    one (MPO's DropoutNTP uses one answer of those; the correctness pairs need all N)."""
+    return params.num_samples if prompt.reference is not None else params.samples_without_reference
+
+
+def _chunk_requests(chunk: list[Prompt], views: dict[str, View], prompts_dir: str, views_dir: str | None,
+                    params: RolloutParams, report: StageReport) -> tuple[list[GenerationRequest], list[tuple[str, int]]]:
+    """The requests of one chunk of prompts and, for each, its (prompt id, sample index)."""
+    requests, owners = [], []
+    for p in chunk:
+        if views_dir and p.id not in views:
+            report.drop("no_view", f"prompt {p.id}: no augmented view in {views_dir}")
+            continue
+        try:
+            reqs = _requests_for(p, views.get(p.id), prompts_dir, views_dir, params)
+        except OSError as e:
+            report.drop("unreadable_image", f"prompt {p.id} ({p.source} row {p.source_row}): {e}")
+            continue
+        for k in range(samples_for(p, params)):  # samples of one request sit together (same batch, if it fits)
+            # seed_key: without it the copies of a request are identical, and so are their batches' seeds.
+            requests += [replace(r, seed_key=f"{p.id}#{k}") for r in reqs]
+            owners += [(p.id, k)] * len(reqs)
+    return requests, owners
+
+
 def run(*, prompts_dir: str, model: str, output_dir: str, params: RolloutParams,
         views_dir: str | None = None, engine: GenerationEngine | None = None) -> StageReport:
     """Answer every prompt on its clean images and, when views are given, on its view."""
@@ -248,19 +290,7 @@ def run(*, prompts_dir: str, model: str, output_dir: str, params: RolloutParams,
     tokens, generated, gen_seconds = 0, 0, 0.0
     chunks = [todo[i:i + params.checkpoint_every] for i in range(0, len(todo), params.checkpoint_every)]
     for chunk in progress(chunks, desc="rollout", total=len(chunks)):
-        requests, owners = [], []
-        for p in chunk:
-            if views_dir and p.id not in views:
-                report.drop("no_view", f"prompt {p.id}: no augmented view in {views_dir}")
-                continue
-            try:
-                reqs = _requests_for(p, views.get(p.id), prompts_dir, views_dir, params)
-            except OSError as e:
-                report.drop("unreadable_image", f"prompt {p.id} ({p.source} row {p.source_row}): {e}")
-                continue
-            for k in range(params.num_samples):  # samples of one request sit together (same batch, if it fits)
-                requests += reqs
-                owners += [(p.id, k)] * len(reqs)
+        requests, owners = _chunk_requests(chunk, views, prompts_dir, views_dir, params, report)
         start = time.monotonic()
         results = engine.generate(requests)
         gen_seconds += time.monotonic() - start
@@ -275,7 +305,10 @@ def run(*, prompts_dir: str, model: str, output_dir: str, params: RolloutParams,
     report.rows_out = len(all_rows)
     report.extra.update(
         model=str(model), resumed_prompts=len(done), responses=len(all_rows), new_tokens=tokens,
-        num_samples=params.num_samples, do_sample=params.do_sample, prompt_template=params.prompt_template,
+        num_samples=params.num_samples, samples_without_reference=params.samples_without_reference,
+        prompts_with_reference=sum(p.reference is not None for p in prompts),
+        prompts_without_reference=sum(p.reference is None for p in prompts),
+        do_sample=params.do_sample, prompt_template=params.prompt_template,
         with_image=params.with_image,
         generation_seconds=round(gen_seconds, 3),
         responses_per_second=round(generated / gen_seconds, 3) if gen_seconds else None,

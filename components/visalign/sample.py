@@ -30,6 +30,7 @@ from visalign.schema import Prompt
 log = logging.getLogger(__name__)
 OPTION_LETTERS = "ABCDEFGHIJ"
 YES_NO = {"yes", "no"}
+PLAIN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")  # "3", "-2.5", "1,200", ".5"
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Candidate:
     reference: str | None
     answer_type: str | None
     fetch: object  # () -> bytes
+    image_group: str = ""  # the seed image's top-level directory (a LLaVA-665k subset: coco, ocr_vqa, ...)
 
 
 def _read(uri: str) -> bytes:
@@ -55,12 +57,25 @@ def _join(base: str, rel: str) -> str:
     return rel if "://" in rel or rel.startswith("/") else f"{base.rstrip('/')}/{rel}"
 
 
-def _answer_type(reference: str | None, has_options: bool) -> str | None:
+def _answer_type(reference: str | None, has_options: bool, given: object = None) -> str | None:
+    """The seed's own answer type when it states one (passed on as is: mpo_pairs drops the ones no
+    scorer knows, naming the row), else inferred from the options and the reference."""
+    if given is not None and str(given).strip() not in ("", "nan"):
+        return str(given).strip()
     if has_options:
         return "multiple_choice"
     if reference is None:
         return None
-    return "yes_no" if reference.strip().lower() in YES_NO else "short"
+    ref = reference.strip()
+    if ref.lower() in YES_NO:
+        return "yes_no"
+    return "numeric" if any(c.isdigit() for c in ref) and PLAIN_NUMBER.fullmatch(ref) else "short"
+
+
+def image_group(rel_path: str) -> str:
+    """'coco/train2017/1.jpg' -> 'coco': LLaVA-665k keeps each source dataset in its own folder."""
+    parts = [p for p in rel_path.replace("\\", "/").split("/") if p not in ("", ".")]
+    return parts[0] if len(parts) > 1 else ""
 
 
 def read_llava_json(uri: str, report: StageReport, image_root: str | None = None) -> Iterator[Candidate]:
@@ -89,8 +104,10 @@ def read_llava_json(uri: str, report: StageReport, image_root: str | None = None
                 continue
             question = human["value"].replace("<image>", "").strip()
             reference = gpt.get("value") if isinstance(gpt.get("value"), str) else None
+            given = gpt.get("answer_type", row.get("answer_type"))  # a turn's own type wins over the row's
             yield Candidate(uri, f"{row.get('id', i)}#{t // 2}", image_uri, question, reference,
-                            _answer_type(reference, False), lambda u=image_uri: _read(u))
+                            _answer_type(reference, False, given), lambda u=image_uri: _read(u),
+                            image_group=image_group(row["image"]))
 
 
 def read_vlmeval_tsv(uri: str, report: StageReport) -> Iterator[Candidate]:
@@ -113,7 +130,7 @@ def read_vlmeval_tsv(uri: str, report: StageReport) -> Iterator[Candidate]:
             continue
         reference = row.get("answer") or None
         yield Candidate(uri, str(row.get("index", i)), f"{uri}#{row.get('index', i)}", question, reference,
-                        _answer_type(reference, bool(options)),
+                        _answer_type(reference, bool(options), row.get("answer_type")),
                         lambda b=image_b64: base64.b64decode(b, validate=True))
 
 
@@ -177,7 +194,8 @@ def run(*, sources: list[str], output_dir: str, params: SampleParams, image_root
         question = strip_suffixes(c.question, params.strip_suffixes)
         prompts.append(Prompt(id=schema.stable_id(c.source, c.source_row, question), images=[rel],
                               question=question, source=c.source, source_row=c.source_row,
-                              reference=c.reference, answer_type=c.answer_type))
+                              reference=c.reference, answer_type=c.answer_type,
+                              meta={"image_group": c.image_group} if c.image_group else {}))
     if not prompts:
         log.warning("sample: no prompts picked from %s; see the drop reasons in the report", sources)
     report.rows_out = schema.write_rows(out / schema.PROMPTS_FILE, prompts)

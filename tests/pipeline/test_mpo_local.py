@@ -39,7 +39,11 @@ def test_mpo_pipeline_runs_end_to_end(s3_inputs, tmp_path):
     reports = stage_reports(run_dir)
     assert list(reports) == list(PIPELINE_TASKS["mpo"].values())  # every stage ran and reported, in order
     assert reports["sample"]["rows_out"] == 16
-    assert reports["rollout"]["responses"] == 32 and reports["rollout"]["num_samples"] == 2
+    roll = reports["rollout"]
+    with_ref, without_ref = roll["prompts_with_reference"], roll["prompts_without_reference"]
+    assert with_ref > 0 and without_ref > 0 and with_ref + without_ref == 16
+    # num_samples (2) per question with a reference; DropoutNTP uses one answer per open question
+    assert roll["responses"] == 2 * with_ref + 1 * without_ref and roll["num_samples"] == 2
     pairs = reports["pairs"]
     assert pairs["correctness_questions"] + pairs["dropout_ntp_questions"] + sum(pairs["dropped"].values()) >= 16
     assert pairs["format_negative_rate"] == 1.0 and pairs["difficulty"]["all_wrong"] == pairs["correctness_questions"]

@@ -2,6 +2,7 @@
 steps included), and MPOTrainer against TRL's own computation on the tiny model."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -87,28 +88,42 @@ def trainer_parts(tiny_model, tmp_path):
     return lambda: AutoModelForImageTextToText.from_pretrained(tiny_model), load_processor(tiny_model), dataset
 
 
-def _make(cls, parts, tmp_path, loss_types, weights):
+def _make(cls, parts, tmp_path, loss_types, weights, **train_params):
     from peft import LoraConfig
 
     new_model, processor, dataset = parts
     model = new_model()
-    params = TrainParams(loss_type=loss_types, loss_weights=weights, lora_r=4, lora_alpha=8, per_device_batch_size=4,
-                         gradient_accumulation_steps=1, max_length=128, deepspeed=None, gradient_checkpointing=False,
-                         warmup_ratio=0.0, learning_rate=1e-2, lora_dropout=0.0)
+    params = TrainParams(**{**dict(loss_type=loss_types, loss_weights=weights, lora_r=4, lora_alpha=8,
+                                   per_device_batch_size=4, gradient_accumulation_steps=1, max_length=128,
+                                   deepspeed=None, gradient_checkpointing=False, warmup_ratio=0.0,
+                                   learning_rate=1e-2, lora_dropout=0.0), **train_params})
     args = train._dpo_config(params, tmp_path / "ckpt", bf16=False)
     peft = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=train.language_model_linear_layers(model),
                       task_type="CAUSAL_LM")
     return cls(model=model, args=args, train_dataset=dataset, processing_class=processor, peft_config=peft)
 
 
-def test_trainer_matches_trl_at_zero_delta_then_shifts_and_logs(trainer_parts, tmp_path):
-    """With delta held at 0 the subclass must reproduce TRL's own loss on the same batch (so it reads
-    log-probs exactly as TRL does); with the running delta it differs and logs every part."""
+def _perturb_lora(model, seed=0, scale=0.5):
+    """A fresh LoRA has B = 0, so policy == reference and every log-ratio is 0; random B makes them not."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * scale)
+
+
+def test_trainer_matches_trl_at_zero_delta_and_the_formula_with_its_delta(trainer_parts, tmp_path, monkeypatch):
+    """Non-zero log-ratios (perturbed LoRA): with delta held at 0 the subclass reproduces TRL's own
+    loss on the same batch (so it reads log-probs exactly as TRL does); with the running delta its
+    loss is the pure formula at the trainer's delta, and every part is logged."""
     from trl import DPOTrainer
 
     trainer = _make(mpo_loss.trainer_class(), trainer_parts, tmp_path, MPO, WEIGHTS)
+    _perturb_lora(trainer.model)
     assert train._trainer(TrainParams(loss_type=MPO, loss_weights=WEIGHTS)) is not DPOTrainer
     assert train._trainer(TrainParams(loss_type=MPO, bco_delta=False)) is DPOTrainer
+    calls, formula = [], mpo_loss.mpo_loss
+    monkeypatch.setattr(mpo_loss, "mpo_loss", lambda *a, **kw: calls.append((a, kw)) or formula(*a, **kw))
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.model.train()
     with torch.no_grad():
@@ -119,16 +134,69 @@ def test_trainer_matches_trl_at_zero_delta_then_shifts_and_logs(trainer_parts, t
         trainer.delta = mpo_loss.RunningDelta(total=5.0, batches=1)  # a large shift from earlier batches
         shifted = trainer._compute_loss(trainer.model, batch, False).item()
     assert ours_at_zero == pytest.approx(trl_loss, rel=1e-5)
+    (c, r, rc, rr, nll), kw = (t.tolist() if t.dim() else t.item() for t in calls[1][0]), calls[1][1]
+    log_ratios = [a - b for a, b in zip(c + r, rc + rr, strict=True)]
+    assert min(abs(x) for x in log_ratios) > 1e-3  # policy and reference differ on every sequence
+    batch_mean = BETA * sum(log_ratios) / len(log_ratios)
+    assert kw["delta"] == pytest.approx((5.0 + batch_mean) / 2, rel=1e-5) == trainer.delta.value
+    assert shifted == pytest.approx(reference_loss(c, r, rc, rr, nll, BETA, WEIGHTS, kw["delta"]), rel=1e-5)
     assert shifted != pytest.approx(trl_loss, rel=1e-3)
-    assert trainer.delta.batches == 2
     logged = trainer._metrics["train"]
     for key in ("mpo/dpo", "mpo/bco", "mpo/sft", "mpo/delta", "rewards/margins", "rewards/accuracies"):
         assert logged[key], key
     assert logged["mpo/delta"][-1] == pytest.approx(trainer.delta.value)
 
 
+def test_batch_reward_mean_is_over_every_rank():
+    here_c, here_r = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    other = torch.tensor([10.0, 20.0, 30.0, 40.0])  # the second rank's [chosen, rejected]
+    got = mpo_loss.batch_reward_mean(here_c, here_r, gather=lambda t: torch.cat([t, other]))
+    assert got == pytest.approx((1 + 2 + 3 + 4 + 10 + 20 + 30 + 40) / 8)
+    assert mpo_loss.batch_reward_mean(here_c, here_r) == pytest.approx(2.5)  # one rank
+
+
+def test_running_delta_is_saved_with_checkpoints_and_restored_on_resume(trainer_parts, tmp_path):
+    """Two steps with a checkpoint after each; a new trainer resuming from the first checkpoint
+    starts from its delta, and ends where the uninterrupted run ended."""
+    cls = mpo_loss.trainer_class()
+    full = _make(cls, trainer_parts, tmp_path / "a", MPO, WEIGHTS, per_device_batch_size=2, save_steps=1)
+    full.train()
+    first = mpo_loss.RunningDelta.load(tmp_path / "a" / "ckpt" / "checkpoint-1")
+    assert first is not None and first.batches == 1 and full.delta.batches == 2
+    assert mpo_loss.RunningDelta.load(tmp_path / "a" / "ckpt" / "checkpoint-2") == full.delta
+    seen = []
+
+    class Spy(cls):
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            seen.append(replace(self.delta))  # the delta training resumes with
+
+    resumed = _make(Spy, trainer_parts, tmp_path / "b", MPO, WEIGHTS, per_device_batch_size=2, save_steps=1)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "ckpt" / "checkpoint-1"))
+    assert seen == [first]  # resumed with the saved delta, not 0
+    assert resumed.delta.batches == 2 and resumed.delta.total == pytest.approx(full.delta.total, rel=1e-4)
+    assert mpo_loss.RunningDelta.load(tmp_path / "nowhere") is None
+
+
+def test_bad_loss_combination_is_rejected_by_the_recipe_before_any_work():
+    from visalign import recipes
+
+    with pytest.raises(recipes.ConfigError) as e:
+        recipes.load("seva", overrides={"train.loss_type": ("hinge", "bco_pair")})
+    text = str(e.value)
+    assert "train.loss_type=('hinge', 'bco_pair')" in text and "['hinge']" in text and "train.bco_delta=false" in text
+    assert "mpo.delta" not in text
+    recipes.load("seva", overrides={"train.loss_type": ("hinge", "bco_pair"), "train.bco_delta": False})
+    recipes.load("mpo")  # sigmoid + bco_pair + sft: fine
+
+
 def test_other_loss_types_stay_with_trl(trainer_parts, tmp_path):
     trainer = _make(mpo_loss.trainer_class(), trainer_parts, tmp_path, ("sigmoid", "sft"), None)
     assert not trainer.mpo_path
-    with pytest.raises(ValueError, match="combines only with"):
+    with pytest.raises(ValueError, match="combines only with") as e:
         _make(mpo_loss.trainer_class(), trainer_parts, tmp_path, ("hinge", "bco_pair"), None)
+    assert "train.bco_delta=false" in str(e.value)
+    with pytest.raises(ValueError, match="use_weighting"):  # a DPOConfig option recipes do not set
+        trainer = _make(mpo_loss.trainer_class(), trainer_parts, tmp_path, MPO, WEIGHTS)
+        trainer.use_weighting = True
+        trainer._check_mpo_options()

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from visalign import correctness, mpo_pairs, rollout, schema
-from visalign.recipes import MpoPairsParams
+from visalign import correctness, mpo_pairs, rollout, sample, schema
+from visalign.recipes import MpoPairsParams, SampleParams
 from visalign.schema import Prompt, Response
 
 
@@ -39,6 +39,9 @@ def test_scorers():
     assert correctness.edit_distance("kitten", "sitting") == 3
     with pytest.raises(ValueError, match="answer_type='colour'"):
         s("red", "blue", "colour")
+    # MathVista's type names
+    assert s("2.0", "2", "integer") == 1.0 and s("3.1416", "3.14159", "float") == 1.0 and s("1.5", "2", "float") == 0.0
+    assert s("The cat", "cat", "text") == 1.0 and correctness.scorer_for("list") is None
 
 
 def _write(d, prompts, responses):
@@ -108,6 +111,7 @@ def test_cap_substring_and_duplicates(tmp_path):
 
 def test_truncate_words():
     assert mpo_pairs.truncate_words("a b c d", 0.5) == "a b"
+    assert mpo_pairs.truncate_words("a  b,\tc d", 0.5) == "a  b,"  # cut where the word ends, whitespace as written
     assert mpo_pairs.truncate_words("a b c", 0.5) == "a"
     assert mpo_pairs.truncate_words("a b", 0.99) == "a"  # never the whole answer
     assert mpo_pairs.truncate_words("word", 0.5) is None
@@ -133,3 +137,57 @@ def test_dropout_ntp_continues_without_the_image(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="DropoutNTP needs a model"):
         mpo_pairs.run(prompts_dir=str(tmp_path / "in"), responses_dir=str(tmp_path / "in"),
                       output_dir=str(tmp_path / "x"), params=params)
+
+
+class Continuations:
+    """A fake engine: the continuation of each prefix from a table; records the requests."""
+
+    def __init__(self, table):
+        self.table, self.requests = table, []
+
+    def generate(self, requests):
+        self.requests += requests
+        return [rollout.GenerationResult(id=r.id, text=self.table[r.assistant_prefix], num_tokens=2,
+                                         finish_reason="eos") for r in requests]
+
+
+def test_dropout_ntp_joins_prefix_and_continuation_verbatim_for_every_distinct_answer(tmp_path):
+    """rejected = prefix + continuation as generated: a continuation that ends the prefix's last word
+    is not split by a space. Each distinct answer of a prompt without reference gets its own pair."""
+    prompts = [_prompt(0, reference=None, answer_type=None)]
+    answers = ["A  big\tball is red", "The ball is round and red", "The ball is round and red"]
+    _write(tmp_path / "in", prompts, _responses("p0", answers))
+    engine = Continuations({"A  big": "gish thing is blue\n", "The ball is": " square"})
+    report = mpo_pairs.run(prompts_dir=str(tmp_path / "in"), responses_dir=str(tmp_path / "in"),
+                           output_dir=str(tmp_path / "out"), params=MpoPairsParams(), engine=engine)
+    pairs = {p.chosen: p.rejected for p in schema.read_rows(tmp_path / "out" / schema.PAIRS_FILE)}
+    assert pairs == {"A  big\tball is red": "A  biggish thing is blue", "The ball is round and red": "The ball is square"}
+    assert report.dropped["duplicate_answer"] == 1 and report.extra["dropout_ntp_questions"] == 1
+    assert all(r.images == [] for r in engine.requests)  # continued without the image
+    assert len({r.seed_key for r in engine.requests}) == 2  # each answer its own sampling stream
+
+
+def test_unknown_given_answer_type_goes_through_sample_and_is_dropped_by_pairs(tmp_path):
+    """An answer type the seed states but no scorer knows: sample keeps it, mpo_pairs drops the
+    prompt as unknown_answer_type naming the file, row and field."""
+    import base64
+    import io
+
+    from conftest import draw
+
+    buf = io.BytesIO()
+    draw("red").save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    tsv = tmp_path / "seeds.tsv"
+    tsv.write_text("index\timage\tquestion\tanswer\tanswer_type\n"
+                   f"7\t{b64}\tHow many?\t3\tcolour_code\n8\t{b64}\tHow many more?\t4\t\n")
+    sample.run(sources=[str(tsv)], output_dir=str(tmp_path / "p"), params=SampleParams())
+    prompts = schema.read_rows(tmp_path / "p" / schema.PROMPTS_FILE)
+    assert sorted(p.answer_type for p in prompts) == ["colour_code", "numeric"]
+    schema.write_rows(tmp_path / "p" / schema.RESPONSES_FILE,
+                      [r for p in prompts for r in _responses(p.id, RIGHT + WRONG)])
+    report = mpo_pairs.run(prompts_dir=str(tmp_path / "p"), responses_dir=str(tmp_path / "p"),
+                           output_dir=str(tmp_path / "out"), params=MpoPairsParams())
+    assert report.dropped["unknown_answer_type"] == 1 and report.extra["correctness_questions"] == 1
+    example = report.examples["unknown_answer_type"][0]
+    assert f"{tsv} row 7" in example and "field 'answer_type'='colour_code'" in example

@@ -19,6 +19,7 @@ def test_picks_seeded_capped_and_stripped(llava_seeds, tmp_path):
         per_image[p.images[0]] = per_image.get(p.images[0], 0) + 1
         assert "single word" not in p.question and "<image>" not in p.question
         assert (out / p.images[0]).exists()
+        assert p.meta["image_group"] == "images"  # the seed image's folder (MIA-DPO's distractor pool)
     assert max(per_image.values()) <= 2
     # Same seed -> same prompts; another seed -> another pick.
     again = sample.run(sources=[str(llava_seeds)], output_dir=str(tmp_path / "again"), params=SampleParams(num_prompts=10, seed=1))
@@ -61,3 +62,42 @@ def test_empty_input_and_unknown_format(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
         sample.run(sources=[str(tmp_path / "bad.json")], output_dir=str(tmp_path / "o3"), params=SampleParams())
+
+
+def _tsv(path, rows, header="index\timage\tquestion\tanswer\tA\tB\tanswer_type"):
+    buf = io.BytesIO()
+    draw("red").save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    path.write_text("\n".join([header] + [f"{i}\t{b64}\t" + "\t".join(r) for i, r in enumerate(rows, 1)]) + "\n")
+    return path
+
+
+def test_answer_types_are_read_when_given_else_inferred_numeric_included(tmp_path):
+    tsv = _tsv(tmp_path / "t.tsv", [("Which?", "A", "red", "blue", ""), ("How many?", "1,200", "", "", ""),
+                                    ("Text?", "invoice", "", "", "anls"), ("Red?", "yes", "", "", "nan"),
+                                    ("Delta?", "-2.5", "", "", ""), ("Code?", "X1", "", "", "colour_code")])
+    sample.run(sources=[str(tsv)], output_dir=str(tmp_path / "o"), params=SampleParams())
+    got = {p.question.split("\n")[0]: p.answer_type for p in schema.read_rows(tmp_path / "o" / schema.PROMPTS_FILE)}
+    assert got == {"Which?": "multiple_choice", "How many?": "numeric", "Text?": "anls", "Red?": "yes_no",
+                   "Delta?": "numeric", "Code?": "colour_code"}  # an unknown given type passes through
+
+
+def test_llava_answer_type_per_turn_then_row_then_inferred(tmp_path):
+    draw("red").save(tmp_path / "0.png")
+    turns = [{"from": "human", "value": "<image>\nQ1"}, {"from": "gpt", "value": "3 apples", "answer_type": "anls"},
+             {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "3"}]
+    rows = [{"id": "a", "image": "0.png", "answer_type": "vqa", "conversations": turns},
+            {"id": "b", "image": "0.png", "conversations": turns[2:] + [{"from": "human", "value": "Q3"},
+                                                                        {"from": "gpt", "value": "red"}]}]
+    (tmp_path / "s.json").write_text(json.dumps(rows))
+    sample.run(sources=[str(tmp_path / "s.json")], output_dir=str(tmp_path / "o"),
+               params=SampleParams(max_questions_per_image=10))
+    got = {p.source_row: p.answer_type for p in schema.read_rows(tmp_path / "o" / schema.PROMPTS_FILE)}
+    assert got == {"a#0": "anls", "a#1": "vqa", "b#0": "numeric", "b#1": "short"}
+
+
+@pytest.mark.parametrize("reference, expected", [
+    ("3", "numeric"), ("-2.5", "numeric"), ("1,200", "numeric"), (" 42 ", "numeric"), ("1,20", "short"),
+    ("3 apples", "short"), ("1e3", "short"), ("-", "short"), ("No", "yes_no"), (None, None)])
+def test_inferred_answer_type(reference, expected):
+    assert sample._answer_type(reference, False) == expected
