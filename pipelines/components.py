@@ -5,8 +5,6 @@ installed at run time) so that kfp.local's SubprocessRunner runs the very same p
 laptop. Each docstring's Args block is what the Kubeflow UI shows for the parameters.
 """
 
-
-
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 from visalign_pipelines.settings import image
@@ -290,6 +288,13 @@ def select_pairs(prompts: Input[Dataset], responses: Input[Dataset], recipe: str
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"select.pip_threshold": 0.7}.
         experiment: MLflow experiment the ratio histogram and counts are logged to.
+
+    Outputs:
+        pairs: pairs.jsonl (chosen = the seed's reference answer, rejected = a response whose attention
+            ratio to the target image fell below its format's threshold), the images the pairs use,
+            the per-format ratios (ratios.json), the histogram image and report.json (drop reasons).
+        ratio_histogram: An HTML page with the pairs kept per format and image count and one
+            attention-ratio histogram per group, its threshold drawn as a dashed line.
     """
     import base64
     import html
@@ -301,7 +306,7 @@ def select_pairs(prompts: Input[Dataset], responses: Input[Dataset], recipe: str
 
     r = recipes.load(recipe, profile, overrides)
     report = stage.run(prompts_dir=prompts.path, responses_dir=responses.path, output_dir=pairs.path,
-                       params=r.select, end_markers=r.filter.end_markers, experiment=experiment)
+                       params=r.select, end_markers=r.filter.end_markers, experiment=experiment, recipe=r)
     png = base64.b64encode((Path(pairs.path) / stage.HISTOGRAM_FILE).read_bytes()).decode()
     table = html.escape(json.dumps(report.extra["pairs_per_format_and_images"]))
     Path(ratio_histogram.path).write_text(f"<p>pairs kept per format/images: {table}</p>"

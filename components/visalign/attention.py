@@ -12,7 +12,10 @@ prompt, 32 x 32 x 600^2 fp32 = 1.5 GB for the prefill alone, growing with each i
 extra memory is one batch x key row per step for one layer, and nothing is kept but the sums.
 
 Image token spans come from the processor's output: runs of the processor's image token id in
-input_ids, one run (or an equal share of runs) per image, never model-specific offsets.
+input_ids, never model-specific offsets. One run per image (LLaVA, Qwen2-VL, InternVL), or several
+when the processor's output says how many tiles each image has (num_patches / image_num_patches,
+e.g. Aya Vision); anything else is an error: tiling processors give different images different
+tile counts, so an equal share of the runs would hand one image's tokens to another.
 
 Ratios. Pure functions of the captured per-image attention vectors:
   sequence:   mean attention to the target image / sum over images of their mean attention;
@@ -42,8 +45,32 @@ def sequence_ratio(per_image: Sequence[Sequence[float]], target: int) -> float:
     return means[target - 1] / total if total > 0 else 0.0
 
 
+class CanvasMismatch(ValueError):
+    """The token map's shape does not follow the canvas's: the cell and box geometry would be wrong."""
+
+
+def check_canvas(grid: Sequence[int], canvas: Sequence[int]) -> None:
+    """Refuse a token map whose aspect differs from the canvas's by more than one token per side.
+
+    token_centres lays the map over the whole canvas. That holds when the processor resizes the whole
+    image (Qwen2-VL; any processor on a square canvas), not when it centre-crops (CLIP's
+    do_center_crop cuts a wide collage's outer cells away, yet still gives a square map). The
+    processor is not known here, but a crop shows as a square map over a non-square canvas.
+    """
+    h, w = grid
+    width, height = canvas
+    aspect = width / height
+    if abs(w / h - aspect) > aspect * (1 / h + 1 / w):  # one token of rounding per side (Qwen2-VL's resize)
+        raise CanvasMismatch(
+            f"canvas {width}x{height} (aspect {aspect:.2f}) under a {h}x{w} token map (aspect {w / h:.2f}): the "
+            "processor cropped or squashed the image (CLIP-style processors resize the short side and centre-crop), "
+            "so the recorded cells and boxes do not line up with the tokens; compose with "
+            "compose.square_canvas=true")
+
+
 def token_centres(grid: Sequence[int], canvas: Sequence[int]) -> list[tuple[float, float]]:
-    """Pixel centre of each token of an h x w token map laid over a canvas of (width, height)."""
+    """Pixel centre of each token of an h x w token map laid over a canvas of (width, height)
+    (the whole canvas: see check_canvas)."""
     h, w = grid
     width, height = canvas
     return [((c + 0.5) * width / w, (r + 0.5) * height / h) for r in range(h) for c in range(w)]
@@ -63,6 +90,7 @@ def grid_ratio(attention: Sequence[float], grid: Sequence[int], canvas: Sequence
     equal split of the map into rows x columns would."""
     if len(attention) != grid[0] * grid[1]:
         raise ValueError(f"attention has {len(attention)} tokens, the token grid {grid} has {grid[0] * grid[1]}")
+    check_canvas(grid, canvas)
     total = sum(attention)
     if total <= 0:
         return 0.0
@@ -78,6 +106,7 @@ def region_ratio(attention: Sequence[float], grid: Sequence[int], canvas: Sequen
     """Share of the image's attention on tokens whose centre lies inside `box` (pic-in-pic's centre)."""
     if len(attention) != grid[0] * grid[1]:
         raise ValueError(f"attention has {len(attention)} tokens, the token grid {grid} has {grid[0] * grid[1]}")
+    check_canvas(grid, canvas)
     total = sum(attention)
     inside = sum(a for a, c in zip(attention, token_centres(grid, canvas), strict=True) if _distance(c, box) == 0)
     return inside / total if total > 0 else 0.0
@@ -100,12 +129,20 @@ def image_token_id(processor: Any) -> int:
     return int(tid)
 
 
-def image_spans(ids: Sequence[int], token_id: int, num_images: int) -> list[list[tuple[int, int]]]:
-    """Per image, its [start, end) runs of `token_id` in one row's input_ids.
+# Processor outputs that give each image's tile count (one run of image tokens per tile).
+RUN_COUNT_KEYS = ("num_patches", "image_num_patches")
 
-    One run per image for LLaVA and Qwen2-VL; processors that split an image into tiles give each
-    image an equal share of the runs. Anything else is an error, never a guess.
-    """
+
+def runs_per_image(enc: Any) -> list[int] | None:
+    """Each image's tile count from the processor's output, in image order; None when it gives none."""
+    for key in RUN_COUNT_KEYS:
+        counts = enc.get(key)
+        if counts is not None:
+            return [int(c) for c in (counts.tolist() if hasattr(counts, "tolist") else counts)]
+    return None
+
+
+def _runs(ids: Sequence[int], token_id: int) -> list[tuple[int, int]]:
     runs, start = [], None
     for i, t in enumerate([*ids, None]):
         if t == token_id and start is None:
@@ -113,10 +150,27 @@ def image_spans(ids: Sequence[int], token_id: int, num_images: int) -> list[list
         elif t != token_id and start is not None:
             runs.append((start, i))
             start = None
-    if num_images == 0 or len(runs) % num_images:
-        raise ValueError(f"found {len(runs)} runs of image token {token_id} for {num_images} images")
-    per = len(runs) // num_images
-    return [runs[i * per:(i + 1) * per] for i in range(num_images)]
+    return runs
+
+
+def image_spans(ids: Sequence[int], token_id: int, num_images: int, counts: Sequence[int] | None = None,
+                who: str = "the processor") -> list[list[tuple[int, int]]]:
+    """Per image, its [start, end) runs of `token_id` in one row's input_ids.
+
+    `counts` (runs_per_image) splits the runs by each image's tile count when they add up; else each
+    image must have exactly one run. Anything else is an error, never a guess.
+    """
+    runs = _runs(ids, token_id)
+    if counts is not None and len(counts) == num_images and sum(counts) == len(runs):
+        bounds = [sum(counts[:i]) for i in range(num_images + 1)]
+        return [runs[bounds[i]:bounds[i + 1]] for i in range(num_images)]
+    if num_images and len(runs) == num_images:
+        return [[r] for r in runs]
+    told = f"per-image tile counts {list(counts)}" if counts is not None else \
+        f"no per-image tile count in the processor output ({' / '.join(RUN_COUNT_KEYS)})"
+    raise ValueError(f"{who}: found {len(runs)} runs of image token {token_id} for {num_images} images and {told}; "
+                     "cannot tell which tokens belong to which image. Attention capture supports one run per image "
+                     "(LLaVA, Qwen2-VL, InternVL) or processors that report each image's tiles")
 
 
 def token_grid(num_tokens: int, grid_thw: Sequence[int] | None = None, merge: int = 1) -> list[int] | None:
@@ -136,6 +190,11 @@ def _capture_attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     capture = _ACTIVE.get(id(module))
+    if capture is not None and kwargs.get("softcap") is not None:
+        # Gemma-family logit soft-capping (tanh(s / cap) * cap) is not in observe(): its weights would be wrong
+        raise NotImplementedError(f"{type(module).__name__}: attention with softcap={kwargs['softcap']} (Gemma "
+                                  "family) is not supported by attention capture; use a model without soft-capping "
+                                  "or set rollout.capture_attention=false")
     if capture is not None and query.shape[2] == 1:  # q_len 1: a decode step (the prefill is excluded)
         capture.observe(query, key, attention_mask, kwargs.get("scaling"))
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
@@ -192,8 +251,7 @@ class Capture:
         self.module, self.layer = decoder_attention(model, layer)
         ids = enc["input_ids"]
         self.prompt_len = ids.shape[1]
-        rows = ids.tolist()
-        self.spans = [image_spans(r, token_id, n) if n else [] for r, n in zip(rows, num_images, strict=True)]
+        self.spans = self._spans(ids.tolist(), enc, num_images, token_id, type(model).__name__)
         thw = enc.get("image_grid_thw")
         thw = thw.tolist() if thw is not None else None
         self.grids, k = [], 0
@@ -201,16 +259,29 @@ class Capture:
             row_grids = []
             for runs in spans:
                 n_tok = sum(e - s for s, e in runs)
-                row_grids.append(token_grid(n_tok, thw[k] if thw else None, merge))
+                # a tiled image has no single token map: its grid is unknown (grid/pic-in-pic refuse it)
+                row_grids.append(token_grid(n_tok, thw[k] if thw else None, merge) if len(runs) == 1 else None)
                 k += 1
             self.grids.append(row_grids)
         batch, device = ids.shape[0], ids.device
-        self.eos = torch.tensor(sorted(eos_ids), device=device)
+        # generation_config.eos_token_id may be None: only real ids go into the stop set
+        self.eos = torch.tensor(sorted(i for i in eos_ids if i is not None), dtype=torch.long, device=device)
         self.attn_sum = torch.zeros(batch, self.prompt_len, dtype=torch.float32, device=device)
         self.rows = torch.zeros(batch, dtype=torch.float32, device=device)
         self.logprob_sum = torch.zeros(batch, dtype=torch.float32, device=device)
         self.tokens = torch.zeros(batch, dtype=torch.float32, device=device)
         self.pending = None  # the hooked layer's weights of the step whose logits come next
+
+    @staticmethod
+    def _spans(rows: list[list[int]], enc: Any, num_images: Sequence[int], token_id: int,
+               who: str) -> list[list[list[tuple[int, int]]]]:
+        """image_spans per row; the processor's tile counts (flat over the batch's images) split by row."""
+        counts, k, spans = runs_per_image(enc), 0, []
+        for r, n in zip(rows, num_images, strict=True):
+            row_counts = counts[k:k + n] if counts is not None else None
+            spans.append(image_spans(r, token_id, n, row_counts, who) if n else [])
+            k += n
+        return spans
 
     def __enter__(self) -> Capture:
         _ACTIVE[id(self.module)] = self

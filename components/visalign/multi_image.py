@@ -140,15 +140,16 @@ def pad_square(img: Image.Image) -> tuple[Image.Image, tuple[int, int]]:
 # ---- the stage ------------------------------------------------------------------------------
 
 class ImagePool:
-    """Distractor candidates: every distinct image of each source; unreadable ones are skipped."""
+    """Distractor candidates: every distinct image of each group (compose.distractor_group: the seed
+    file, or the seed file and the image's top-level folder); unreadable ones are skipped."""
 
-    def __init__(self, prompts_dir: Path, prompts: list[Prompt]):
-        self.dir = prompts_dir
-        self.by_source: dict[str, list[str]] = defaultdict(list)
+    def __init__(self, prompts_dir: Path, prompts: list[Prompt], group_by: str = "image_dir"):
+        self.dir, self.group_by = prompts_dir, group_by
+        self.by_group: dict[tuple[str, str], list[str]] = defaultdict(list)
         for p in prompts:
             for rel in p.images:
-                if rel not in self.by_source[p.source]:
-                    self.by_source[p.source].append(rel)
+                if rel not in self.by_group[self.group(p)]:
+                    self.by_group[self.group(p)].append(rel)
         self.bad: dict[str, str] = {}  # image -> why it failed to open
         self._digests: dict[str, str] = {}
 
@@ -165,10 +166,14 @@ class ImagePool:
         with Image.open(self.dir / rel) as im:
             return im.convert("RGB")  # convert() decodes fully: a truncated file fails here
 
+    def group(self, prompt: Prompt) -> tuple[str, str]:
+        folder = prompt.meta.get("image_group", "") if self.group_by == "image_dir" else ""
+        return prompt.source, folder
+
     def draw(self, prompt: Prompt, n: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
-        """n distractors from the prompt's source, never the prompt's own image(s)."""
+        """n distractors from the prompt's group, never the prompt's own image(s)."""
         own = {self.digest(r) for r in prompt.images}
-        candidates = [r for r in self.by_source[prompt.source]
+        candidates = [r for r in self.by_group[self.group(prompt)]
                       if r not in prompt.images and r not in self.bad and self.digest(r) not in own]
         rng.shuffle(candidates)
         picked: list[tuple[str, Image.Image]] = []
@@ -187,6 +192,7 @@ class ImagePool:
 
 
 def _save(img: Image.Image, out: Path, key: Any) -> str:
+    """Save once per key: an existing file is reused, so `key` must hold every setting that shapes it."""
     rel = f"images/{schema.stable_id(key)}.png"
     if not (out / rel).exists():
         img.save(out / rel, format="PNG")
@@ -224,7 +230,8 @@ def build_grid(p: Prompt, target: Image.Image, pool: ImagePool, rng: random.Rand
     imgs.insert(k - 1, target)
     collage = grid_collage(imgs, layout, cell_size=params.cell_size, margin=params.margin,
                            square_canvas=params.square_canvas, font_size=params.label_font_size)
-    rel = _save(collage.image, out, ("grid", order, layout, params.cell_size, params.margin, params.square_canvas))
+    rel = _save(collage.image, out, ("grid", order, layout, params.cell_size, params.margin, params.square_canvas,
+                                     params.label_font_size))
     question = f"In Image{k}, " + lower_first(p.question)
     return _composed(p, "grid", [rel], question, n, k, {
         "layout": layout, "cells": collage.cells, "labels": collage.labels,
@@ -238,7 +245,7 @@ def build_pic_in_pic(p: Prompt, target: Image.Image, pool: ImagePool, rng: rando
     if params.square_canvas:  # a centre-cropping processor would otherwise shift the token map off the box
         composite, (dx, dy) = pad_square(composite)
         box = [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]
-    rel = _save(composite, out, ("pic_in_pic", p.images[0], bg_rel, params.pip_scale))
+    rel = _save(composite, out, ("pic_in_pic", p.images[0], bg_rel, params.pip_scale, params.square_canvas))
     question = rng.choice(params.pip_phrases) + lower_first(p.question)
     return _composed(p, "pic_in_pic", [rel], question, 2, 1, {
         "centre_box": box, "canvas": list(composite.size), "sources": [p.images[0], bg_rel]})
@@ -270,7 +277,7 @@ def run(*, prompts_dir: str, output_dir: str, params: ComposeParams) -> StageRep
     (out / "images").mkdir(parents=True, exist_ok=True)
     seeds = schema.read_rows(src / schema.PROMPTS_FILE)
     report.rows_in = len(seeds)
-    pool = ImagePool(src, seeds)
+    pool = ImagePool(src, seeds, params.distractor_group)
     composed: list[Prompt] = []
     for p in progress(seeds, desc="compose", total=len(seeds)):
         where = f"prompt {p.id} ({p.source} row {p.source_row})"

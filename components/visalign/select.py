@@ -13,20 +13,22 @@ A response becomes the REJECTED side of a pair when, in this order (each failure
     edit_distance       post-selection: more than max_edit_distance character edits apart
 
 Chosen = the seed's reference answer. The report gives the ratio distribution per format and image
-count (all responses, kept or not) and a histogram image, also logged to MLflow when a tracking
-server is configured.
+count (all responses, kept or not) and a histogram image, also logged to MLflow (with the resolved
+recipe) when a tracking server is configured. A retried step logs to the run its first attempt
+opened: the run is found by a tag derived from the output directory and the configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visalign import attention, schema
 from visalign.filter import clean_text
@@ -34,9 +36,13 @@ from visalign.recipes import GRID_THRESHOLD_IMAGES, SEQUENCE_THRESHOLD_IMAGES, F
 from visalign.report import StageReport
 from visalign.schema import Pair, Prompt, Response
 
+if TYPE_CHECKING:
+    from visalign.recipes import Recipe
+
 log = logging.getLogger(__name__)
 HISTOGRAM_FILE = "ratio_histogram.png"
 RATIOS_FILE = "ratios.json"
+STEP_TAG = "visalign.select_step"  # MLflow tag: which output directory and configuration a run logs
 
 
 def threshold(fmt: str, num_images: int, params: SelectParams) -> float:
@@ -150,8 +156,10 @@ def plot_histograms(groups: dict[str, list[float]], thresholds: dict[str, float]
 
 def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: SelectParams,
         end_markers: tuple[str, ...] = FilterParams().end_markers, histogram_path: str | None = None,
-        mlflow_run_id: str | None = None, experiment: str = "visalign") -> StageReport:
-    """Pairs (chosen = reference, rejected = a response that looked away) from composed prompts."""
+        mlflow_run_id: str | None = None, experiment: str = "visalign", recipe: Recipe | None = None) -> StageReport:
+    """Pairs (chosen = reference, rejected = a response that looked away) from composed prompts.
+
+    `recipe` (the resolved one, when the caller has it) is logged to MLflow; else only `params`."""
     report = StageReport("select")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,6 +179,8 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: Select
             ratio = attention_ratio(prompt, r.meta)
             key = f"{prompt.meta['format']}/{prompt.meta['num_images']}"
             thresholds[key] = threshold(prompt.meta["format"], int(prompt.meta["num_images"]), params)
+        except attention.CanvasMismatch as e:  # a composition setting, not one response: stop the stage
+            raise attention.CanvasMismatch(f"response {r.id} (prompt {r.prompt_id}): {e}") from None
         except (ValueError, KeyError, TypeError) as e:
             report.drop("no_attention", f"response {r.id} (prompt {r.prompt_id}): {e}")
             continue
@@ -207,17 +217,39 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: Select
     report.extra.update(pairs_per_format_and_images=dict(sorted(kept.items())), ratios=dist,
                         pairs_per_format=dict(Counter(p.provenance["format"] for p in pairs)))
     if mlflow_run_id or os.environ.get("MLFLOW_TRACKING_URI"):
-        report.extra["mlflow_run_id"] = _log_to_mlflow(report, out, mlflow_run_id, experiment)
+        config = {"recipe": recipe.to_dict()} if recipe else \
+            {"select": dataclasses.asdict(params), "filter": {"end_markers": end_markers}}
+        report.extra["mlflow_run_id"] = _log_to_mlflow(report, out, mlflow_run_id, experiment, config)
     report.write(out)
     return report
 
 
-def _log_to_mlflow(report: StageReport, out: Path, run_id: str | None, experiment: str) -> str:
+def _earlier_run(experiment: str, step: str) -> str | None:
+    """The run an earlier attempt of this step opened (same output directory and configuration)."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = mlflow.MlflowClient().search_runs([found.experiment_id], filter_string=f"tags.`{STEP_TAG}` = '{step}'",
+                                             max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _log_to_mlflow(report: StageReport, out: Path, run_id: str | None, experiment: str,
+                   config: dict[str, Any]) -> str:
     import mlflow
 
     from visalign import tracking
 
-    with tracking.start_run(experiment, run_name="select", run_id=run_id) as active:
+    # A KFP retry reruns the step with the same output path: its key finds the first attempt's run.
+    # The configuration is in the key too, so a rerun with other settings gets a run of its own
+    # (MLflow refuses to change a logged parameter's value).
+    step = schema.stable_id("select", str(out.resolve()), config)
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    run_id = run_id or _earlier_run(experiment, step)
+    with tracking.start_run(experiment, run_name="select", run_id=run_id, tags={STEP_TAG: step}) as active:
+        tracking.log_params_flat(config)
         metrics = {"select/pairs": float(report.rows_out)}
         for key, d in report.extra["ratios"].items():
             name = key.replace("/", "_")
@@ -244,5 +276,5 @@ def cli(args: argparse.Namespace) -> int:
 
     recipe = recipes.recipe_from_args(args, "select")
     run(prompts_dir=args.prompts, responses_dir=args.responses, output_dir=args.output, params=recipe.select,
-        end_markers=recipe.filter.end_markers, experiment=f"visalign-{recipe.name}")
+        end_markers=recipe.filter.end_markers, experiment=f"visalign-{recipe.name}", recipe=recipe)
     return 0

@@ -65,8 +65,8 @@ def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1):
 
     pairs = schema.read_rows(Path(pairs_dir) / schema.PAIRS_FILE)
     if not pairs:
-        raise ValueError(f"{pairs_dir}/{schema.PAIRS_FILE}: no pairs to train on (did the filter drop everything? "
-                         f"see its report.json)")
+        raise ValueError(f"{pairs_dir}/{schema.PAIRS_FILE}: no pairs to train on; see the report.json of "
+                         f"the step that built them for the rows dropped and why")
     rows = [{
         "images": [str(Path(pairs_dir) / im) for im in p.images],
         # the same chat turn rollout builds: images first, or where the prompt's <image> markers are
@@ -75,6 +75,60 @@ def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1):
         "rejected": [{"role": "assistant", "content": [{"type": "text", "text": p.rejected}]}],
     } for p in pairs] * repeats  # SeVa's reference code feeds the data twice per epoch
     return Dataset.from_list(rows).cast_column("images", List(Image())), pairs
+
+
+def _longest_rows(pairs_dir: str | os.PathLike, pairs: list, k: int) -> list[int]:
+    """Indices of the rows likeliest to be longest: the k with the most images (then text), and the k
+    with the most pixels (dynamic-resolution processors spend tokens per pixel, not per image)."""
+    from PIL import Image
+
+    def pixels(p) -> int:
+        total = 0
+        for rel in p.images:
+            with Image.open(Path(pairs_dir) / rel) as im:  # reads the header only
+                total += im.width * im.height
+        return total
+
+    order = range(len(pairs))
+    by_images = sorted(order, key=lambda i: (len(pairs[i].images), len(pairs[i].prompt)), reverse=True)[:k]
+    by_pixels = sorted(order, key=lambda i: pixels(pairs[i]), reverse=True)[:k]
+    return list(dict.fromkeys(by_images + by_pixels))
+
+
+def _row_lengths(row: dict[str, Any], processor: Any) -> tuple[int, int]:
+    """(prompt tokens with the image tokens, longest answer's tokens), rendered as TRL 1.16's
+    DataCollatorForVisionPreference renders them."""
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    row = {**row, "prompt": prepare_multimodal_messages(row["prompt"], images=row["images"]),
+           "chosen": prepare_multimodal_messages(row["chosen"]), "rejected": prepare_multimodal_messages(row["rejected"])}
+    text = apply_chat_template(row, processor)
+    prompt = processor(images=[row["images"]], text=[text["prompt"]], add_special_tokens=False)["input_ids"][0]
+    answers = processor(text=[text["chosen"], text["rejected"]], add_special_tokens=False)["input_ids"]
+    return len(prompt), max(len(a) for a in answers)
+
+
+def check_max_length(pairs_dir: str | os.PathLike, dataset: Any, pairs: list, processor: Any,
+                     max_length: int | None, k: int = 4) -> None:
+    """Fail before training when a prompt, image tokens included, does not fit train.max_length.
+
+    TRL 1.16 skips its length filter for image datasets and its collator cuts input_ids at
+    max_length, image tokens too; the model then fails at the first batch with "Image features and
+    image tokens do not match". Rendering the few longest rows finds that up front.
+    """
+    if max_length is None:
+        return
+    for i in _longest_rows(pairs_dir, pairs, k):
+        prompt, answer = _row_lengths(dataset[i], processor)
+        if prompt >= max_length:
+            raise ValueError(
+                f"train.max_length={max_length}: pair {pairs[i].id} ({len(pairs[i].images)} images) has a {prompt}-"
+                f"token prompt (image tokens included) and answers of up to {answer} tokens, {prompt + answer} in "
+                f"all; the prompt must fit with room for its answer (TRL cuts input_ids at max_length, image tokens "
+                f"too); set train.max_length >= {prompt + answer}")
+        if prompt + answer > max_length:
+            log.warning("train: pair %s: answers are cut at train.max_length=%d (%d tokens needed)", pairs[i].id,
+                        max_length, prompt + answer)
 
 
 def _single_process_env(use_deepspeed: bool) -> None:
@@ -149,8 +203,9 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     bf16 = params.precision == "bf16" or (params.precision == "auto" and gpu)
     _single_process_env(params.deepspeed is not None)
     base_dir = local_dir(model)
-    policy = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
     processor = load_processor(base_dir)
+    check_max_length(pairs_dir, dataset, pairs, processor, params.max_length)  # before the model takes memory
+    policy = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
     peft_config = None
     if params.lora_r > 0:
         peft_config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,

@@ -55,12 +55,101 @@ def test_threshold_table_lookups():
 def test_image_spans_and_token_grid_from_processor_output():
     ids = [0, 9, 9, 9, 9, 1, 9, 9, 9, 9, 2]
     assert attention.image_spans(ids, 9, 2) == [[(1, 5)], [(6, 10)]]
-    assert attention.image_spans(ids, 9, 1) == [[(1, 5), (6, 10)]]  # tiles: an equal share of runs each
     with pytest.raises(ValueError, match="2 runs of image token 9 for 3 images"):
         attention.image_spans(ids, 9, 3)
     assert attention.token_grid(64) == [8, 8] and attention.token_grid(60) is None
     assert attention.token_grid(16, grid_thw=[1, 8, 8], merge=2) == [4, 4]
     assert attention.perplexity(math.log(0.5)) == pytest.approx(2.0)
+
+
+def test_several_runs_per_image_only_with_the_processors_tile_counts():
+    # 4 runs for 2 images: image 1 has one tile, image 2 three; an equal share (2 + 2) would be wrong
+    ids = [9, 0, 9, 1, 9, 2, 9]
+    runs = [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert attention.image_spans(ids, 9, 2, counts=[1, 3]) == [runs[:1], runs[1:]]
+    assert attention.image_spans(ids, 9, 2, counts=[3, 1]) == [runs[:3], runs[3:]]
+    with pytest.raises(ValueError, match="TinyVLM: found 4 runs of image token 9 for 2 images and no per-image tile "
+                                         "count in the processor output"):
+        attention.image_spans(ids, 9, 2, who="TinyVLM")
+    with pytest.raises(ValueError, match=r"per-image tile counts \[1, 1\]"):
+        attention.image_spans(ids, 9, 2, counts=[1, 1])
+    assert attention.image_spans([9, 9, 0, 9], 9, 2, counts=[3, 4]) == [[(0, 2)], [(3, 4)]]  # one run each still holds
+    assert attention.runs_per_image({"num_patches": [1, 3]}) == [1, 3]
+    assert attention.runs_per_image({"input_ids": [[0]]}) is None
+    # the batch's flat tile counts are split by row; a tiled image has no single token map (grid None)
+    spans = attention.Capture._spans([[9, 0, 9, 0], [9, 9, 0, 0]], {"image_num_patches": [2, 1]}, [1, 1], 9, "m")
+    assert spans == [[[(0, 1), (2, 3)]], [[(0, 2)]]]
+
+
+def test_a_token_map_that_does_not_follow_the_canvas_is_refused():
+    attention.check_canvas([8, 8], [100, 100])
+    attention.check_canvas([4, 8], [200, 100])  # Qwen2-VL-style map of a wide canvas: follows it
+    attention.check_canvas([5, 8], [200, 100])  # one token of rounding
+    with pytest.raises(attention.CanvasMismatch, match="compose.square_canvas=true"):
+        attention.check_canvas([8, 8], [216, 76])
+    with pytest.raises(attention.CanvasMismatch):
+        attention.region_ratio([1.0] * 64, [8, 8], [200, 100], [60, 15, 140, 85])
+
+
+def test_collage_cells_line_up_with_the_tokens_the_processor_gives(tiny_model):
+    """A real collage through the tiny model's (CLIP, centre-cropping) processor: attention put on the
+    tokens that show a cell's colour is that cell's share; a wide canvas is cropped, so it is refused."""
+    from transformers import AutoProcessor
+
+    from visalign import multi_image as mi
+    from visalign.rollout import user_message
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    colours = ["red", "green", "blue", "yellow"]
+
+    def tokens_showing(collage, colour):
+        """A hand-made attention map: each token's share of pixels of `colour` in what the model sees."""
+        text = processor.apply_chat_template(user_message("What?", 1), add_generation_prompt=True)
+        enc = processor(images=[collage.image], text=[text], return_tensors="pt")
+        grid = attention.token_grid(int((enc["input_ids"] == processor.image_token_id).sum()))
+        pixels = enc["pixel_values"][0]
+        ref = processor(images=[Image.new("RGB", (64, 64), colour)], text=[text], return_tensors="pt")
+        target = ref["pixel_values"][0][:, 0, 0]
+        near = ((pixels - target[:, None, None]).abs().amax(dim=0) < 0.1).float()
+        ph, pw = pixels.shape[1] // grid[0], pixels.shape[2] // grid[1]
+        patches = near.reshape(grid[0], ph, grid[1], pw).mean(dim=(1, 3))
+        return patches.flatten().tolist(), grid
+
+    collage = mi.grid_collage([Image.new("RGB", (60, 40), c) for c in colours], "2x2", cell_size=64, margin=6)
+    for k, colour in enumerate(colours, start=1):
+        att, grid = tokens_showing(collage, colour)
+        assert sum(att) > 2  # the colour is visible
+        assert attention.grid_ratio(att, grid, collage.image.size, collage.cells, k) == pytest.approx(1.0, abs=0.02)
+        others = [attention.grid_ratio(att, grid, collage.image.size, collage.cells, j) for j in range(1, 5) if j != k]
+        assert max(others) < 0.02
+    wide = mi.grid_collage([Image.new("RGB", (60, 40), c) for c in colours[:3]], "1x3", cell_size=64, margin=6,
+                           square_canvas=False)
+    att, grid = tokens_showing(wide, "red")
+    assert sum(att) == 0  # the centre crop cut the first cell away: its ratio would be meaningless
+    with pytest.raises(attention.CanvasMismatch):
+        attention.grid_ratio(att, grid, wide.image.size, wide.cells, 1)
+
+
+def test_softcap_attention_is_refused_on_the_hooked_layer():
+    module = object()
+    attention._ACTIVE[id(module)] = object()  # a capture session hooked on this module
+    try:
+        with pytest.raises(NotImplementedError, match="softcap=50.0"):
+            attention._capture_attention(module, None, None, None, None, softcap=50.0)
+    finally:
+        attention._ACTIVE.pop(id(module))
+
+
+def test_an_eos_id_of_none_is_left_out_of_the_stop_set(tiny_model):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model)
+    cap = attention.Capture(model, 1, {"input_ids": torch.tensor([[1, 2, 3]])}, [0], 9, {None, 2})
+    assert cap.eos.tolist() == [2]
+    cap(torch.tensor([[1, 2, 3]]), torch.zeros(1, 5))  # the first generated token is booked
+    cap(torch.tensor([[1, 2, 3, 2]]), torch.zeros(1, 5))  # it was eos (2): the row has ended
+    assert float(cap.tokens[0]) == 1.0
 
 
 def _img(colour):

@@ -72,6 +72,26 @@ def test_train_stage_runs_on_multi_image_pairs(tiny_model, multi_pairs, tmp_path
     assert report.extra["steps"] == 2 and (tmp_path / "adapter" / "adapter_config.json").exists()
 
 
+def test_train_refuses_a_max_length_that_cuts_image_tokens_before_training(tiny_model, multi_pairs, tmp_path,
+                                                                           monkeypatch):
+    import re
+
+    from transformers import AutoProcessor
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    params = TrainParams(lora_r=4, lora_alpha=8, per_device_batch_size=3, gradient_accumulation_steps=1,
+                         max_length=150, deepspeed=None, gradient_checkpointing=False, data_repeats=1)
+    with pytest.raises(ValueError, match=r"train.max_length=150: pair s3 \(3 images\) has a \d+-token prompt") as e:
+        train.run(pairs_dir=str(multi_pairs), model=str(tiny_model), output_dir=str(tmp_path / "a"), params=params)
+    needed = int(re.search(r"set train.max_length >= (\d+)", str(e.value)).group(1))
+    assert needed > 3 * 64  # three images' tokens and the text
+    assert not (tmp_path / "a" / "report.json").exists()
+    # the length it asks for is enough for every row
+    dataset, pairs = train.load_pairs_dataset(multi_pairs)
+    train.check_max_length(multi_pairs, dataset, pairs, AutoProcessor.from_pretrained(tiny_model), needed)
+
+
 def test_multi_image_benchmarks_are_vlmevalkit_rows_evaluate_reads(tmp_path):
     from visalign import evaluate
     from visalign.report import StageReport

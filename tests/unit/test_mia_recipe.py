@@ -18,6 +18,15 @@ def test_paper_values():
     assert r.select.sequence_thresholds == (0.8, 0.7, 0.6, 0.6) and r.select.grid_thresholds == (0.7, 0.6, 0.5, 0.4, 0.3)
     assert (r.select.pip_threshold, r.select.min_perplexity, r.select.max_reference_chars) == (0.8, 1.1, 512)
     assert (r.compose.cell_size, r.compose.margin, r.compose.pip_scale) == (448, 40, 0.7)
+    # 5 images x LLaVA-1.5's 576 tokens and a 512-token answer fit (the 2048 default would cut image tokens)
+    assert r.train.max_length >= 5 * 576 + 512
+
+
+def test_mia_dpo_needs_attention_capture():
+    with pytest.raises(ConfigError, match=r"rollout.capture_attention=False: .*no_attention.*set "
+                                          r"rollout.capture_attention=true"):
+        recipes.load("mia-dpo", "toy", overrides={"rollout.capture_attention": False})
+    assert not recipes.load("seva").rollout.capture_attention  # other recipes do not need it
 
 
 def test_every_problem_is_reported_at_once():

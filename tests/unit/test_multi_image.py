@@ -177,3 +177,56 @@ def test_pic_in_pic_is_padded_to_a_square_with_the_box_moved_along(tmp_path):
     assert (x1 - x0, y1 - y0) == (70, 70) and (x0 + x1) // 2 == 100 and (y0 + y1) // 2 == 100
     assert composite.getpixel((100, 100)) == (255, 0, 0) and composite.getpixel((100, 10)) == (255, 255, 255)
     assert composite.getpixel((5, 100)) == (0, 0, 255)
+
+
+def test_changed_label_size_never_reuses_a_stale_grid_file(tmp_path):
+    seeds, out = _seed_dir(tmp_path, n=4), tmp_path / "out"
+    grid = dict(formats=("grid",), mix=(1.0,), grid_layouts=("1x2",), cell_size=48, margin=4)
+    mi.run(prompts_dir=str(seeds), output_dir=str(out), params=ComposeParams(**grid, label_font_size=6))
+    mi.run(prompts_dir=str(seeds), output_dir=str(out), params=ComposeParams(**grid, label_font_size=20))
+    for r in schema.read_rows(out / schema.PROMPTS_FILE):  # the second run's rows, in the same directory
+        fresh = mi.grid_collage([Image.open(seeds / s) for s in r.meta["sources"]], "1x2", cell_size=48, margin=4,
+                                font_size=20)
+        assert Image.open(out / r.images[0]).tobytes() == fresh.image.tobytes()
+
+
+def test_changed_square_canvas_never_reuses_a_stale_pic_in_pic_file(tmp_path):
+    d = tmp_path / "seeds"
+    (d / "images").mkdir(parents=True)
+    Image.new("RGB", (40, 40), "red").save(d / "images" / "t.png")
+    Image.new("RGB", (200, 100), "blue").save(d / "images" / "bg.png")
+    schema.write_rows(d / schema.PROMPTS_FILE, [
+        Prompt(id="t", images=["images/t.png"], question="Q?", source="s", source_row="1", reference="x"),
+        Prompt(id="bg", images=["images/bg.png"], question="Q?", source="s", source_row="2", reference="y")])
+    out = tmp_path / "out"
+    for square in (True, False):
+        mi.run(prompts_dir=str(d), output_dir=str(out),
+               params=ComposeParams(formats=("pic_in_pic",), mix=(1.0,), square_canvas=square))
+    row = next(r for r in schema.read_rows(out / schema.PROMPTS_FILE) if r.meta["seed_prompt"] == "t")
+    assert Image.open(out / row.images[0]).size == tuple(row.meta["canvas"]) == (200, 100)
+
+
+def test_distractors_come_from_the_targets_image_folder_unless_asked_otherwise(tmp_path):
+    """One LLaVA-665k JSON holds several datasets (coco/, ocr_vqa/, ...): a coco target gets coco distractors."""
+    seeds = _seed_dir(tmp_path, n=8)
+    prompts = schema.read_rows(seeds / schema.PROMPTS_FILE)
+    for p in prompts:
+        p.meta["image_group"] = "coco" if int(p.source_row) % 2 else "ocr_vqa"
+    coco = [p.images[0] for p in prompts if p.meta["image_group"] == "coco"]
+    target = next(p for p in prompts if p.meta["image_group"] == "coco")
+    pool = mi.ImagePool(seeds, prompts)
+    for seed in range(5):
+        picked = [rel for rel, _ in pool.draw(target, 3, random.Random(seed))]
+        assert set(picked) <= set(coco) - set(target.images)
+    with pytest.raises(mi.TooFewDistractors):
+        pool.draw(target, 4, random.Random(0))  # only 3 other coco images
+    anywhere = mi.ImagePool(seeds, prompts, group_by="source")
+    assert len(anywhere.draw(target, 7, random.Random(0))) == 7
+
+
+def test_sample_records_the_llava_subset_folder():
+    from visalign.sample import image_group
+
+    assert image_group("coco/train2017/000000033471.jpg") == "coco"
+    assert image_group("./ocr_vqa/images/1.jpg") == "ocr_vqa"
+    assert image_group("1.jpg") == ""

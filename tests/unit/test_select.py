@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from visalign import schema
+from visalign import attention, schema
 from visalign import select as sel
 from visalign.recipes import SelectParams
 from visalign.schema import Prompt, Response
@@ -83,3 +83,51 @@ def test_run_writes_pairs_ratio_distribution_and_histogram(tmp_path):
     assert pairs[0].provenance["attention_ratio"] == pytest.approx(0.1)
     assert hist.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "out" / sel.RATIOS_FILE).read_text())["sequence/2"] == pytest.approx([0.1, 0.9])
+
+
+def _small_run_dirs(tmp_path, grid_meta=None, grid_att=None, grid=None):
+    prompts_dir, responses_dir = tmp_path / "c", tmp_path / "r"
+    (prompts_dir / "images").mkdir(parents=True)
+    prompts, responses = [_prompt("a")], [_response("a", "blue", LOOKED_AWAY)]
+    if grid_meta:
+        prompts.append(_prompt("g1", fmt="grid", n=2, target=1, **grid_meta))
+        responses.append(_response("g1", "green", grid_att))
+        responses[-1].meta["attention"]["grids"] = [grid]
+    for p in prompts:
+        Image.new("RGB", (8, 8)).save(prompts_dir / p.images[0])
+    schema.write_rows(prompts_dir / schema.PROMPTS_FILE, prompts)
+    schema.write_rows(responses_dir / schema.RESPONSES_FILE, responses)
+    return str(prompts_dir), str(responses_dir)
+
+
+def test_mlflow_run_holds_the_recipe_and_a_retried_step_reuses_it(tmp_path, monkeypatch):
+    import mlflow
+
+    from visalign import recipes
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # the sqlite store puts artifacts in ./mlruns
+    prompts_dir, responses_dir = _small_run_dirs(tmp_path)
+    recipe = recipes.load("mia-dpo", "toy")
+
+    def attempt(out):
+        return sel.run(prompts_dir=prompts_dir, responses_dir=responses_dir, output_dir=str(tmp_path / out),
+                       params=recipe.select, recipe=recipe, experiment="x").extra["mlflow_run_id"]
+
+    first = attempt("out")
+    assert attempt("out") == first  # the retry logs to the run its first attempt opened
+    other = attempt("elsewhere")
+    assert other != first
+    params = mlflow.get_run(first).data.params
+    assert params["recipe.name"] == "mia-dpo" and params["recipe.select.pip_threshold"] == "0.8"
+    assert params["recipe.train.max_length"] == str(recipe.train.max_length)
+    assert len(mlflow.search_runs(experiment_names=["x"])) == 2
+
+
+def test_a_grid_canvas_the_token_map_does_not_follow_stops_the_stage(tmp_path):
+    # a wide collage under a square 8x8 map: a centre-cropping processor cut it; no ratio is right
+    meta = {"cells": [[0, 0, 20, 20], [20, 0, 40, 20]], "canvas": [40, 20]}
+    prompts_dir, responses_dir = _small_run_dirs(tmp_path, meta, [[1.0] * 64], grid=[8, 8])
+    with pytest.raises(attention.CanvasMismatch, match=r"response r-g1 .*compose.square_canvas=true"):
+        sel.run(prompts_dir=prompts_dir, responses_dir=responses_dir, output_dir=str(tmp_path / "out"),
+                params=SelectParams())
