@@ -15,8 +15,6 @@ be collected across branches (dsl.OneOf).
     last round   train(all pairs, from the base model) -> evaluate -> register
 """
 
-
-
 from kfp import dsl
 from visalign_pipelines import components as c
 from visalign_pipelines.settings import apply

@@ -5,8 +5,6 @@
     -> evaluate -> register
 """
 
-
-
 from kfp import dsl
 from visalign_pipelines import components as c
 from visalign_pipelines.settings import apply

@@ -127,7 +127,9 @@ STAGE_NEEDS: dict[str, Needs] = {
     "select-pairs": Needs(mlflow=True, retry=True),  # logs the ratio histogram to MLflow
     # ---- ipa ----
     "ipa-collect": Needs(s3=True),  # loads the round's policy (an adapter's base from S3)
-    "ipa-pairs": Needs(s3=True, verifier=True),  # the local verifier loads a model; the endpoint one needs the Secret
+    # the local verifier loads a model; the endpoint one needs the Secret. Not cached: with the
+    # endpoint the verdicts depend on more than the inputs, and a re-run must not replay an outage.
+    "ipa-pairs": Needs(s3=True, verifier=True, cache=False),
     # ---- mpo ----
     "mpo-rollout": Needs(s3=True),  # loads the policy from S3
     "mpo-pairs": Needs(s3=True),  # DropoutNTP loads the policy from S3

@@ -3,8 +3,6 @@
     sample -> augment -> rollout (GPU) -> filter -> train (GPU) -> evaluate -> register
 """
 
-
-
 from kfp import dsl
 from visalign_pipelines import components as c
 from visalign_pipelines.settings import apply

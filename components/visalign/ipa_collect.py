@@ -17,7 +17,7 @@ With `rollout.num_samples` > 1 and `rollout.do_sample` (rollout's seeded samplin
 sampled that many times ("normal sampling"); the reviser decodes greedily.
 
 Resumable like rollout: candidates are appended per chunk of prompts; a re-run skips the prompts
-already done.
+whose candidates are all there and redoes those a kill left half-written.
 """
 
 from __future__ import annotations
@@ -128,8 +128,10 @@ def _row(prompt: Prompt, request_id: str, res, round_index: int, meta: dict[str,
 
 # ---- the stage --------------------------------------------------------------------------------
 
-def pending_prompts(prompts: list[Prompt], state_dir: str | None) -> tuple[list[Prompt], int | None]:
-    """Round 1 (no state): every prompt. Later rounds: those in the previous round's pending list."""
+def pending_prompts(prompts: list[Prompt], state_dir: str | None, report: StageReport
+                    ) -> tuple[list[Prompt], int | None]:
+    """Round 1 (no state): every prompt. Later rounds: those in the previous round's pending list;
+    a pending id that is not among the prompts is counted in `report` (unknown_pending_id)."""
     if not state_dir:
         return prompts, None
     path = Path(state_dir) / PENDING_FILE
@@ -142,7 +144,32 @@ def pending_prompts(prompts: list[Prompt], state_dir: str | None) -> tuple[list[
                 ids.add(json.loads(line)["prompt_id"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise schema.SchemaError(path, i, "prompt_id", "expected {\"prompt_id\": ...}") from None
+    known = {p.id for p in prompts}
+    for pid in sorted(ids - known):
+        report.drop("unknown_pending_id", f"{path}: prompt_id {pid} is not in the prompts (was --state made "
+                                          "from another sample step's prompts?)")
     return [p for p in prompts if p.id in ids], len(ids)
+
+
+def expected_ids(prompt: Prompt, params: IpaParams, num_samples: int, round_index: int) -> set[str]:
+    """The ids of every candidate a finished prompt has (the same ids _row gives)."""
+    views = [CLEAN, *params.perturbations]
+    views += [REVISED + v for v in views] if params.revise else []
+    return {schema.stable_id(prompt.id, v, k, round_index) for v in views for k in range(num_samples)}
+
+
+def _resume(ckpt: Path, prompts: list[Prompt], recipe: Recipe, round_index: int) -> tuple[set[str], int]:
+    """The prompts whose candidates are all in the checkpoint, and how many were partial. A kill
+    mid-append can leave a prompt half-written: its rows are dropped so that it is done again."""
+    rows = schema.read_checkpoint(ckpt, Response)
+    have: dict[str, set[str]] = {}
+    for r in rows:
+        have.setdefault(r.prompt_id, set()).add(r.id)
+    by_id = {p.id: p for p in prompts}
+    done = {pid for pid, ids in have.items() if pid in by_id and
+            expected_ids(by_id[pid], recipe.ipa, recipe.rollout.num_samples, round_index) <= ids}
+    schema.write_rows(ckpt, [r for r in rows if r.prompt_id in done])  # also drops a torn last line
+    return done, len(have) - len(done)
 
 
 def build_engines(model: str, recipe: Recipe):
@@ -159,6 +186,18 @@ def build_engines(model: str, recipe: Recipe):
                      max_new_tokens=recipe.ipa.feedback_max_new_tokens))
 
 
+def _notes(params: IpaParams) -> list[str]:
+    """Settings that run but probably not as meant; logged and kept in the report."""
+    notes = []
+    if params.rounds > 1 and not params.revise:
+        notes.append(f"ipa.revise=False with ipa.rounds={params.rounds}: the last round gets no reference-guided "
+                     "feedback (revision writes it), so later rounds only resample; set ipa.revise=True for IPA's "
+                     "round 3")
+    for note in notes:
+        log.warning("ipa-collect: %s", note)
+    return notes
+
+
 def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_index: int,
         state_dir: str | None = None, engines: tuple[Any, Any] | None = None) -> StageReport:
     """Candidates of round `round_index` (1-based) of `recipe.ipa.rounds` for the pending seeds."""
@@ -168,15 +207,15 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
     report = StageReport("ipa-collect")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prompts, pending_in = pending_prompts(schema.read_rows(Path(prompts_dir) / schema.PROMPTS_FILE), state_dir)
+    prompts, pending_in = pending_prompts(schema.read_rows(Path(prompts_dir) / schema.PROMPTS_FILE), state_dir,
+                                          report)
     # The last round's feedback sees the reference: it is for the hard seeds that earlier rounds left
     # without a pair, so a single-round run (no earlier round) has none.
-    reference_guided = round_index == params.rounds > 1
+    reference_guided = params.revise and round_index == params.rounds > 1
+    notes = _notes(params)
     report.rows_in = len(prompts)
     ckpt = out / schema.RESPONSES_FILE
-    done_rows = schema.read_checkpoint(ckpt, Response)
-    done = {r.prompt_id for r in done_rows}
-    schema.write_rows(ckpt, done_rows)  # drop a torn last line
+    done, partial = _resume(ckpt, prompts, recipe, round_index)
     todo = []
     for p in prompts:
         if p.id in done:
@@ -203,7 +242,8 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
     rows = schema.read_rows(ckpt)
     report.rows_out = len(rows)
     report.extra.update(round=round_index, rounds=params.rounds, model=str(model), pending_in=pending_in,
-                        reference_guided=reference_guided, resumed_prompts=len(done),
+                        reference_guided=reference_guided, resumed_prompts=len(done), partial_prompts_redone=partial,
+                        notes=notes,
                         candidates_by_view=dict(Counter(r.view for r in rows)),
                         generation_seconds=round(time.monotonic() - start, 3))
     report.write(out)

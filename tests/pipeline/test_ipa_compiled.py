@@ -68,3 +68,14 @@ def test_verifier_secret_is_optional_env_on_the_pairs_steps_only():
             assert {kv["envVar"] for kv in secrets[0]["keyToEnv"]} == set(s.verifier_keys)
         else:
             assert not secrets, name
+
+
+def test_pairs_steps_are_never_cached():
+    """With the endpoint verifier a cached pairs step would replay old verdicts, an outage's too."""
+    spec, _ = _spec()
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    tasks = [t for dag in dags for t in dag["tasks"].values()]
+    cached = {t["taskInfo"]["name"]: t.get("cachingOptions", {}).get("enableCache", False) for t in tasks
+              if t["componentRef"]["name"].startswith(("comp-ipa-pairs", "comp-ipa-collect"))}
+    assert {name for name, on in cached.items() if not on} == {f"round {r}: verify + pairs" for r in (1, 2, 3)}
+    assert all(cached[f"round {r}: sample + revise"] for r in (1, 2, 3))  # collect stays cached

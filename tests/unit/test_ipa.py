@@ -2,6 +2,7 @@
 pairing + progressive merging (ipa_pairs), on the tiny model and the local HTTP stand-in."""
 
 import json
+from collections import Counter
 
 import pytest
 from verifier_standin import StandInEndpoint
@@ -90,6 +91,14 @@ def test_round_one_samples_revises_and_resumes(prompts_dir, engines, tmp_path):
                             round_index=1, engines=engines)
     assert again.extra["resumed_prompts"] == 2
     assert {r.id: r.text for r in schema.read_rows(out / schema.RESPONSES_FILE)} == {r.id: r.text for r in rows}
+    # killed mid-append: the third prompt has 4 of its 8 rows; it is done again, not taken as done
+    lines = (out / schema.RESPONSES_FILE).read_text().splitlines()
+    (out / schema.RESPONSES_FILE).write_text("\n".join(lines[:20]) + "\n")
+    third = ipa_collect.run(prompts_dir=str(prompts_dir), model="unused", output_dir=str(out), recipe=recipe,
+                            round_index=1, engines=engines)
+    assert third.extra["resumed_prompts"] == 2 and third.extra["partial_prompts_redone"] == 1
+    resumed = schema.read_rows(out / schema.RESPONSES_FILE)
+    assert len(resumed) == 32 and {r.id: r.text for r in resumed} == {r.id: r.text for r in rows}
 
 
 def test_normal_sampling_draws_several_samples_per_view(prompts_dir, tiny_model, tmp_path):
@@ -117,11 +126,13 @@ def test_last_round_works_on_pending_seeds_with_reference_guided_feedback(prompt
     prompts = schema.read_rows(prompts_dir / schema.PROMPTS_FILE)
     state = tmp_path / "state"
     state.mkdir()
-    schema.write_rows(state / PENDING_FILE, [{"prompt_id": prompts[1].id}])
+    schema.write_rows(state / PENDING_FILE, [{"prompt_id": prompts[1].id}, {"prompt_id": "not-a-prompt"}])
     report = ipa_collect.run(prompts_dir=str(prompts_dir), model="unused", output_dir=str(tmp_path / "r2"),
                              recipe=_recipe(**{"ipa.rounds": 2}), round_index=2, state_dir=str(state), engines=engines)
     rows = schema.read_rows(tmp_path / "r2" / schema.RESPONSES_FILE)
-    assert report.extra["reference_guided"] is True and report.extra["pending_in"] == 1
+    assert report.extra["reference_guided"] is True and report.extra["pending_in"] == 2 and report.rows_in == 1
+    assert report.dropped == {"unknown_pending_id": 1} and "not-a-prompt" in report.examples["unknown_pending_id"][0]
+    assert report.extra["notes"] == []
     assert {r.prompt_id for r in rows} == {prompts[1].id}
     feedback_prompts = [q for q in engines[1].questions if q.rstrip().endswith("Feedback:")]
     assert len(feedback_prompts) == 4
@@ -142,6 +153,21 @@ def test_seeds_without_reference_are_counted_and_bad_rounds_refused(prompts_dir,
     with pytest.raises(FileNotFoundError, match="pending.jsonl"):
         ipa_collect.run(prompts_dir=str(prompts_dir), model="unused", output_dir=str(tmp_path / "y"),
                         recipe=_recipe(), round_index=2, state_dir=str(tmp_path), engines=engines)
+
+
+def test_several_rounds_without_revision_are_noted_and_get_no_reference(prompts_dir, engines, tmp_path, caplog):
+    prompts = schema.read_rows(prompts_dir / schema.PROMPTS_FILE)
+    state = tmp_path / "state"
+    state.mkdir()
+    schema.write_rows(state / PENDING_FILE, [{"prompt_id": prompts[0].id}])
+    with caplog.at_level("WARNING", logger="visalign.ipa_collect"):
+        report = ipa_collect.run(prompts_dir=str(prompts_dir), model="unused", output_dir=str(tmp_path / "r2"),
+                                 recipe=_recipe(**{"ipa.rounds": 2, "ipa.revise": False, "ipa.perturbations": ""}),
+                                 round_index=2, state_dir=str(state), engines=engines)
+    assert report.extra["reference_guided"] is False and len(report.extra["notes"]) == 1
+    assert "ipa.revise=False" in report.extra["notes"][0] and "ipa.revise=False" in caplog.text
+    assert json.loads((tmp_path / "r2" / "report.json").read_text())["notes"] == report.extra["notes"]
+    assert not any("Reference:" in q for e in engines for q in e.questions)
 
 
 # ---- verification and pairs -------------------------------------------------------------------
@@ -184,12 +210,16 @@ def test_pairs_from_verified_vs_rejected_then_merged_across_rounds(prompts_dir, 
     pv = pairs[0].provenance
     assert pv["chosen_verdict"]["status"] == "verified" and pv["rejected_verdict"]["status"] == "rejected"
     assert pv["rejected_verdict"]["criteria"]["entails"] is False and pv["chosen_verdict"]["reason"] == "compared"
+    judged_by = {"backend": "endpoint", "model": "judge", "url": judge.url + "/chat/completions"}
+    assert all(p.provenance["verifier"] == judged_by for p in pairs)
+    assert r1.extra["combinations"] == {"paired": 3, "over_cap": 0, "equal_text": 0, "duplicate_text": 0}
     assert all((tmp_path / "p1" / im).exists() for p in pairs for im in p.images)
     pending = [json.loads(x)["prompt_id"] for x in (tmp_path / "p1" / PENDING_FILE).read_text().splitlines()]
     assert pending == sorted([prompts[1].id, prompts[2].id])
     assert r1.dropped == {"no_verified": 1, "no_rejected": 1}
     (round1,) = json.loads((tmp_path / "p1" / ipa_pairs.ROUNDS_FILE).read_text())
     assert round1["verified_rate"] == round(4 / 9, 4) and round1["new_pairs"] == 3 and round1["pending_after"] == 2
+    assert round1["verifier"] == judged_by and round1["error_reasons"] == {}
 
     # round 2 on the pending seeds: seed 1 now gets a right answer; pairs so far are kept
     c2 = tmp_path / "c2"
@@ -219,7 +249,8 @@ def test_merge_deduplicates_by_content():
 def test_a_failing_endpoint_leaves_every_seed_pending_and_nothing_crashes(prompts_dir, tmp_path):
     server = StandInEndpoint(default="500")
     try:
-        recipe = _recipe(**{"verify.endpoint_retries": 1, "verify.endpoint_backoff_s": 0.0})
+        recipe = _recipe(**{"verify.endpoint_retries": 1, "verify.endpoint_backoff_s": 0.0,
+                            "verify.max_error_share": 1.0})  # go on whatever the errors
         c1 = tmp_path / "c1"
         c1.mkdir()
         prompts = _candidates(prompts_dir, c1, 1, [[p.reference, "purple"] for p in
@@ -233,6 +264,7 @@ def test_a_failing_endpoint_leaves_every_seed_pending_and_nothing_crashes(prompt
         server.close()
     assert report.rows_out == 0 and report.extra["verified_rate"] == 0.0
     assert report.extra["rounds"][0]["verdicts"] == {"error": 8}
+    assert report.extra["rounds"][0]["error_reasons"] == {"retries_exhausted": 8}
     assert report.extra["endpoint"]["http_500"] == 16
     assert report.dropped["corrupt_row"] == 2 and "row 9" in report.examples["corrupt_row"][0]
     assert report.extra["pending_after"] == len(prompts)
@@ -281,3 +313,90 @@ def test_verification_resumes_from_its_checkpoint(prompts_dir, judge, tmp_path):
     assert len(judge.requests) == 12  # only the 4 verdicts not checkpointed were asked again
     assert again.extra["rounds"] == first.extra["rounds"]
     assert (out / schema.PAIRS_FILE).read_text() and again.rows_out == first.rows_out == 4
+
+
+def _judged(prompt_id, items):
+    """(Response, Verdict) pairs written by hand: items are (text, status)."""
+    from visalign.verify import Verdict
+
+    return [(Response(id=f"{prompt_id}-{k}", prompt_id=prompt_id, view=CLEAN, text=t, num_tokens=1,
+                      finish_reason="eos"), Verdict(status)) for k, (t, status) in enumerate(items)]
+
+
+def test_make_pairs_counts_every_combination_it_leaves_out(prompts_dir):
+    import random
+
+    from visalign.report import StageReport
+
+    prompt = schema.read_rows(prompts_dir / schema.PROMPTS_FILE)[0]
+    recipe = _recipe(**{"ipa.max_pairs_per_prompt": 1})
+    judged = _judged(prompt.id, [("red", "verified"), ("red", "verified"), ("red</s>", "rejected"),
+                                 ("blue", "rejected"), ("seven", "rejected"), ("</s>", "rejected"),
+                                 ("", "verified"), ("green", "error")])
+    report, combos = StageReport("t"), Counter()
+    pairs = ipa_pairs.make_pairs(prompt, judged, recipe, random.Random(0), report, combos,
+                                 {"backend": "local", "model": "m"})
+    # chosen: red, red; rejected: red (once cleaned), blue, seven; 2 empty texts; the error is on no side
+    assert report.dropped == {"empty_after_clean": 2}
+    assert combos == {"equal_text": 2, "duplicate_text": 2, "paired": 1, "over_cap": 1}
+    assert len(pairs) == 1 and pairs[0].provenance["verifier"] == {"backend": "local", "model": "m"}
+
+
+def _four_seeds(prompts_dir, tmp_path):
+    c1 = tmp_path / "c1"
+    c1.mkdir()
+    refs = [p.reference for p in schema.read_rows(prompts_dir / schema.PROMPTS_FILE)]
+    _candidates(prompts_dir, c1, 1, [[r, "purple"] for r in refs])
+    return c1
+
+
+def test_a_down_endpoint_trips_the_breaker_and_fails_the_step_clearly(prompts_dir, tmp_path):
+    server = StandInEndpoint(default="500")
+    try:
+        recipe = _recipe(**{"verify.endpoint_retries": 1, "verify.endpoint_backoff_s": 0.0,
+                            "verify.max_consecutive_errors": 2})
+        verifier = EndpointVerifier(server.url, "judge-7b", "sk-secret", recipe.verify)
+        with pytest.raises(ipa_pairs.VerifierOutage, match="verify.max_error_share=0.5") as e:
+            ipa_pairs.run(prompts_dir=str(prompts_dir), candidates_dir=str(_four_seeds(prompts_dir, tmp_path)),
+                          output_dir=str(tmp_path / "p"), recipe=recipe, round_index=1, verifier=verifier)
+    finally:
+        server.close()
+    assert len(server.requests) == 2 * 2  # 2 items x 2 tries, then the other 6 are not asked
+    msg = str(e.value)
+    assert "8 of 8 verdicts" in msg and server.url in msg and "judge-7b" in msg and "sk-secret" not in msg
+    assert "skipped_after_outage': 6" in msg and "VISALIGN_VERIFIER_URL" in msg
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["error_reasons"] == {"retries_exhausted": 2, "skipped_after_outage": 6} and report["failed"] == msg
+    assert not (tmp_path / "p" / ipa_pairs.VERDICTS_FILE).read_text()  # errors are not checkpointed
+    assert not (tmp_path / "p" / schema.PAIRS_FILE).exists()
+
+
+def test_errors_below_the_share_go_on_and_are_asked_again_on_resume(prompts_dir, tmp_path):
+    server = StandInEndpoint(script=["500", "500"])  # the first two items fail, the rest are judged
+    try:
+        recipe = _recipe(**{"verify.endpoint_retries": 0, "verify.batch_size": 1})
+        verifier = EndpointVerifier(server.url, "judge", None, recipe.verify)
+        c1, out = _four_seeds(prompts_dir, tmp_path), tmp_path / "p"
+        first = ipa_pairs.run(prompts_dir=str(prompts_dir), candidates_dir=str(c1), output_dir=str(out),
+                              recipe=recipe, round_index=1, verifier=verifier)
+        assert first.extra["rounds"][0]["verdicts"]["error"] == 2 and first.rows_out == 3  # 2/8 <= 0.5: go on
+        kept = [json.loads(x) for x in (out / ipa_pairs.VERDICTS_FILE).read_text().splitlines()]
+        assert len(kept) == 6 and all(r["verdict"]["status"] != "error" for r in kept)
+        again = ipa_pairs.run(prompts_dir=str(prompts_dir), candidates_dir=str(c1), output_dir=str(out),
+                              recipe=recipe, round_index=1, verifier=verifier)
+    finally:
+        server.close()
+    assert len(server.requests) == 8 + 2  # the resumed step asked only the two failed items
+    assert "error" not in again.extra["rounds"][0]["verdicts"] and again.rows_out == 4
+
+
+def test_a_round_without_candidates_does_not_load_the_local_verifier(prompts_dir, tmp_path):
+    c1 = tmp_path / "c1"
+    c1.mkdir()
+    (c1 / schema.RESPONSES_FILE).write_text("")
+    recipe = _recipe()
+    verifier = ipa_pairs.build_verifier(recipe, str(tmp_path / "no-such-model"))  # loading it would fail
+    report = ipa_pairs.run(prompts_dir=str(prompts_dir), candidates_dir=str(c1), output_dir=str(tmp_path / "p"),
+                           recipe=recipe, round_index=1, verifier=verifier)
+    assert report.rows_in == report.rows_out == 0
+    assert report.extra["verifier"] == {"backend": "local", "model": str(tmp_path / "no-such-model")}

@@ -150,3 +150,91 @@ def test_endpoint_garbage_is_asked_again_once(endpoint):
     assert (v1.status, v1.attempts, v2.status, v2.attempts) == ("unparseable", 2, "rejected", 2)
     assert server.requests[2]["body"]["messages"][0]["content"][-1]["text"].endswith(_params().retry_suffix)
     assert counts["unparseable_first_try"] == 2 and counts["unparseable"] == 1
+
+
+@pytest.mark.parametrize("action, error", [("truncated", "IncompleteRead"), ("binary", "UnicodeDecodeError")])
+def test_endpoint_truncated_or_undecodable_bodies_are_retried_then_counted(endpoint, action, error):
+    """A body cut short (http.client.IncompleteRead, not an OSError) or a 200 that is not UTF-8
+    (UnicodeDecodeError from json.loads) is retried like a timeout, then counted: no crash."""
+    server = endpoint(default=action)
+    params = _params(endpoint_retries=2, endpoint_backoff_s=0.0)
+    verifier = EndpointVerifier(server.url, "m", None, params)
+    counts = Counter()
+    (v,) = verify.verify([_item()], verifier, params, counts)
+    assert (v.status, v.reason) == ("error", verify.RETRIES_EXHAUSTED) and counts["error"] == 1
+    assert len(server.requests) == 3 and verifier.stats[error] == 3 and verifier.stats["retries"] == 2
+
+
+def test_endpoint_truncated_body_then_a_good_one_is_judged(endpoint):
+    server = endpoint(script=["truncated", "binary"])
+    verifier = EndpointVerifier(server.url, "m", None, _params(endpoint_backoff_s=0.0))
+    (v,) = verify.verify([_item()], verifier, _params())
+    assert v.status == "verified" and len(server.requests) == 3
+
+
+def test_circuit_breaker_stops_calling_a_down_endpoint_and_says_where(endpoint, caplog):
+    """After max_consecutive_errors items in a row without an answer, the rest are not asked: they
+    are errors with their own reason, and the log names the endpoint (never the key)."""
+    server = endpoint(default="500")
+    params = _params(endpoint_retries=1, endpoint_backoff_s=0.0, max_consecutive_errors=3)
+    verifier = EndpointVerifier(server.url, "judge-7b", "sk-secret", params)
+    with caplog.at_level("ERROR", logger="visalign.verify"):
+        verdicts = verify.verify([_item(i) for i in range(10)], verifier, params)
+    assert len(server.requests) == 3 * 2  # 3 items x (1 try + 1 retry), then no more calls
+    assert [v.reason for v in verdicts] == [verify.RETRIES_EXHAUSTED] * 3 + [verify.SKIPPED_AFTER_OUTAGE] * 7
+    assert all(v.status == "error" for v in verdicts) and verifier.stats["skipped_after_outage"] == 7
+    assert server.url in caplog.text and "judge-7b" in caplog.text and "sk-secret" not in caplog.text
+
+
+def test_circuit_breaker_counts_only_failures_in_a_row(endpoint):
+    server = endpoint(script=["500", "ok", "500", "ok", "500", "500"])
+    params = _params(endpoint_retries=0, max_consecutive_errors=2)
+    verifier = EndpointVerifier(server.url, "m", None, params)
+    verdicts = verify.verify([_item(i) for i in range(7)], verifier, params)
+    assert [v.status for v in verdicts] == ["error", "verified"] * 2 + ["error"] * 3
+    assert verdicts[-1].reason == verify.SKIPPED_AFTER_OUTAGE and len(server.requests) == 6
+
+
+def test_circuit_breaker_can_be_turned_off(endpoint):
+    server = endpoint(default="500")
+    params = _params(endpoint_retries=0, max_consecutive_errors=None)
+    verdicts = verify.verify([_item(i) for i in range(5)], EndpointVerifier(server.url, "m", None, params), params)
+    assert len(server.requests) == 5 and {v.reason for v in verdicts} == {verify.RETRIES_EXHAUSTED}
+
+
+def test_verifier_identity_names_the_model_never_the_key(endpoint, monkeypatch):
+    server = endpoint()
+    monkeypatch.setenv(verify.ENV_URL, server.url.replace("http://", "http://user:sk-inurl@") + "?key=sk-q")
+    monkeypatch.setenv(verify.ENV_MODEL, "judge-7b")
+    monkeypatch.setenv(verify.ENV_KEY, "sk-test")
+    ident = EndpointVerifier.from_env(_params()).identity
+    assert ident == {"backend": "endpoint", "model": "judge-7b", "url": server.url + "/chat/completions"}
+    assert "sk-" not in str(ident)
+    local = verify.build_verifier(_params(), lambda uri: None, policy="s3://bucket/policy")
+    assert local.identity == {"backend": "local", "model": "s3://bucket/policy"}
+    other = verify.build_verifier(_params(model="/models/judge"), lambda uri: None, policy="s3://bucket/policy")
+    assert other.identity["model"] == "/models/judge"
+
+
+def test_endpoint_url_without_scheme_is_refused(monkeypatch):
+    monkeypatch.setenv(verify.ENV_URL, "localhost:8000/v1")
+    monkeypatch.setenv(verify.ENV_MODEL, "m")
+    with pytest.raises(ValueError, match="must start with http"):
+        EndpointVerifier.from_env(_params())
+
+
+def test_local_verifier_loads_its_model_on_first_use_only():
+    loads = []
+
+    class Echo:
+        def generate(self, requests):
+            from visalign.rollout import GenerationResult
+
+            return [GenerationResult(id=r.id, text="yes yes yes yes", num_tokens=4, finish_reason="eos")
+                    for r in requests]
+
+    verifier = verify.build_verifier(_params(), lambda uri: loads.append(uri) or Echo(), policy="policy-dir")
+    assert verify.verify([], verifier, _params()) == [] and loads == []  # zero candidates: nothing loaded
+    assert [v.status for v in verify.verify([_item(0), _item(1)], verifier, _params())] == ["verified"] * 2
+    verify.verify([_item(2)], verifier, _params())
+    assert loads == ["policy-dir"]

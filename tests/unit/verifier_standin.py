@@ -13,7 +13,9 @@ class StandInEndpoint:
 
     Its judge compares the response with the reference read out of the prompt. `script` lists
     what each successive request gets: "ok", "garbage", "500", "429", "400", "slow" (answers after
-    the client's timeout); once the script runs out, every request gets `default`. `judge(reference,
+    the client's timeout), "truncated" (a 200 that closes the connection half-way through the body
+    its Content-Length announces), "binary" (a 200 whose body is not UTF-8); once the script runs
+    out, every request gets `default`. `judge(reference,
     response) -> bool` replaces the comparison (the pipeline test's stand-in decides by the text alone).
     """
 
@@ -39,6 +41,9 @@ class StandInEndpoint:
                     self.end_headers()
                     self.wfile.write(b'{"error": "stand-in failure"}')
                     return
+                if action == "binary":
+                    self._send(b"\x80\x81\xfe not UTF-8, not JSON")
+                    return
                 text = body["messages"][0]["content"][-1]["text"]
                 if action == "garbage":
                     answer = "I think it is fine."
@@ -48,9 +53,13 @@ class StandInEndpoint:
                     ok = "yes" if outer.judge(ref, resp) else "no"
                     answer = f"entails: {ok}\ncomplete: {ok}\nconsistent: {ok}\nfollows: yes\nreason: compared"
                 data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+                # HTTP/1.0: the connection closes after the handler, so a short body is a truncated one
+                self._send(data[:len(data) // 2] if action == "truncated" else data, length=len(data))
+
+            def _send(self, data, length=None):
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data) if length is None else length))
                 self.end_headers()
                 self.wfile.write(data)
 
