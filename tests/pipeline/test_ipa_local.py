@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from visalign_pipelines.local import find_output, run_pipeline
 
-from visalign import store, verify
+from visalign import verify
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 from verifier_standin import StandInEndpoint  # noqa: E402
@@ -25,19 +25,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.pipeline, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def s3_inputs(stack, tmp_path_factory):
-    from visalign.toyworld import build_untrained_model, build_world
-
-    root = tmp_path_factory.mktemp("ipa-slice")
-    build_world(root / "world", seed=7, num_seed_images=8, num_train_images=4, num_bench_images=4)
-    model = build_untrained_model(root / "world", root / "model", seed=0)
-    prefix = f"s3://{stack.settings.bucket}/pipeline-test-ipa"
-    store.upload_dir(root / "world" / "seeds", f"{prefix}/seeds")
-    store.upload_dir(root / "world" / "benchmarks", f"{prefix}/benchmarks")
-    store.upload_dir(model, f"{prefix}/model")
-    return {"seeds": [f"{prefix}/seeds/llava.json"],
-            "benchmarks": [f"{prefix}/benchmarks/toy_pope.tsv", f"{prefix}/benchmarks/toy_mc.tsv"],
-            "base_model": f"{prefix}/model"}
+def s3_inputs(toy_slice):
+    return toy_slice("pipeline-test-ipa", seeds="llava.json", benchmarks=["toy_pope.tsv", "toy_mc.tsv"],
+                     num_seed_images=8, num_bench_images=4)
 
 
 @pytest.fixture

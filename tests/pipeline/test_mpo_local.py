@@ -5,27 +5,13 @@ import json
 import pytest
 from visalign_pipelines.local import PIPELINE_TASKS, find_output, run_pipeline, stage_reports
 
-from visalign import store
-
 pytestmark = [pytest.mark.integration, pytest.mark.pipeline, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def s3_inputs(stack, tmp_path_factory):
-    from visalign.toyworld import build_untrained_model, build_world
-    from visalign.toyworld.steps import write_step_data
-
-    root = tmp_path_factory.mktemp("mpo-slice")
-    build_world(root / "world", seed=5, num_seed_images=12, num_train_images=4, num_bench_images=6)
-    write_step_data(root / "world", seed=5)
-    model = build_untrained_model(root / "world", root / "model", seed=0)
-    prefix = f"s3://{stack.settings.bucket}/pipeline-test-mpo"
-    store.upload_dir(root / "world" / "seeds", f"{prefix}/seeds")
-    store.upload_dir(root / "world" / "benchmarks", f"{prefix}/benchmarks")
-    store.upload_dir(model, f"{prefix}/model")
-    return {"seeds": [f"{prefix}/seeds/steps.json"],
-            "benchmarks": [f"{prefix}/benchmarks/toy_steps.tsv", f"{prefix}/benchmarks/toy_pope.tsv"],
-            "base_model": f"{prefix}/model"}
+def s3_inputs(toy_slice):
+    return toy_slice("pipeline-test-mpo", seeds="steps.json", benchmarks=["toy_steps.tsv", "toy_pope.tsv"],
+                     world_seed=5, steps=True)
 
 
 def test_mpo_pipeline_runs_end_to_end(s3_inputs, tmp_path):

@@ -5,25 +5,12 @@ import json
 import pytest
 from visalign_pipelines.local import STAGE_TASKS, find_output, run_pipeline, stage_reports
 
-from visalign import store
-
 pytestmark = [pytest.mark.integration, pytest.mark.pipeline, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def s3_inputs(stack, tmp_path_factory):
-    from visalign.toyworld import build_untrained_model, build_world
-
-    root = tmp_path_factory.mktemp("slice")
-    build_world(root / "world", seed=7, num_seed_images=12, num_train_images=4, num_bench_images=6)
-    model = build_untrained_model(root / "world", root / "model", seed=0)
-    prefix = f"s3://{stack.settings.bucket}/pipeline-test"
-    store.upload_dir(root / "world" / "seeds", f"{prefix}/seeds")
-    store.upload_dir(root / "world" / "benchmarks", f"{prefix}/benchmarks")
-    store.upload_dir(model, f"{prefix}/model")
-    return {"seeds": [f"{prefix}/seeds/llava.json"],
-            "benchmarks": [f"{prefix}/benchmarks/toy_pope.tsv", f"{prefix}/benchmarks/toy_mc.tsv"],
-            "base_model": f"{prefix}/model"}
+def s3_inputs(toy_slice):
+    return toy_slice("pipeline-test", seeds="llava.json", benchmarks=["toy_pope.tsv", "toy_mc.tsv"])
 
 
 def test_seva_pipeline_runs_end_to_end(s3_inputs, tmp_path):

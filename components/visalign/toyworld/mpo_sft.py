@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 from visalign.rollout import render_question
-from visalign.schema import ModelCard, write_model_card
 from visalign.toyworld import sft, steps
 from visalign.toyworld.export import LLAVA_FILE, WORLD_FILE
+from visalign.toyworld.steps import write_step_data
 
 log = logging.getLogger("visalign.toyworld")
 
@@ -60,35 +59,8 @@ def build_mpo_untrained_model(world_dir: str | os.PathLike, out_dir: str | os.Pa
 
 
 def train_mpo_base_model(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                         steps: int = DEFAULT_MPO_BASE_STEPS, seed: int = 0, batch_size: int = 32, lr: float = 2e-3,
-                         warmup_ratio: float = 0.05, threads: int = 2, log_every: int = 100) -> Path:
+                         steps: int = DEFAULT_MPO_BASE_STEPS, seed: int = 0, **sft_options) -> Path:
     """train_base_model's recipe on the standard mix plus chain-of-thought step questions."""
-    import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    from visalign.toyworld import steps as step_data
-
-    step_data.write_step_data(world_dir, seed=seed)  # MPO's seeds and benchmark, for a world built before them
-    torch.set_num_threads(threads)
-    out = build_mpo_untrained_model(world_dir, out_dir, seed=seed)
-    processor = AutoProcessor.from_pretrained(out)
-    model = LlavaForConditionalGeneration.from_pretrained(out)
-    split = Path(world_dir) / "train"
-    pixels, examples = sft.load_examples(split, processor)
-    extra = cot_examples(split, processor, seed)
-    log.info("toyworld mpo sft: %d standard + %d chain-of-thought examples, %d steps", len(examples), len(extra),
-             steps)
-    start = time.monotonic()
-    losses = sft._train(model, pixels, examples + extra, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
-                        warmup_ratio=warmup_ratio, log_every=log_every, pad_id=processor.tokenizer.pad_token_id)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    params = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio,
-              "mix": "standard+mpo_cot"}
-    record = {**params, "seconds": round(time.monotonic() - start, 1), "examples": len(examples),
-              "cot_examples": len(extra), "loss_curve": losses}
-    Path(out, sft.SFT_RECORD_FILE).write_text(json.dumps(record, indent=1))
-    world = json.loads(Path(world_dir, WORLD_FILE).read_text())
-    write_model_card(out, ModelCard(kind="full", base=None, recipe={"toyworld_sft": params},
-                                    data={"world_seed": world["seed"], "train_sha256": world["sha256"]["train"]}))
-    return out
+    write_step_data(world_dir, seed=seed)  # MPO's seeds and benchmark, for a world built before them
+    return sft.train_base_model(world_dir, out_dir, steps=steps, seed=seed, build_model=build_mpo_untrained_model,
+                                extra_examples=cot_examples, mix="standard+mpo_cot", **sft_options)

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,15 @@ def train_base_model(
     warmup_ratio: float = 0.05,
     threads: int = 2,
     log_every: int = 100,
+    build_model: Callable[..., Path] | None = None,
+    extra_examples: Callable[[Path, Any, int], list[Example]] | None = None,
+    mix: str | None = None,
 ) -> Path:
-    """Build the tiny VLM on the world's corpus, SFT it for `steps` steps, save it to `out_dir`."""
+    """Build the tiny VLM on the world's corpus, SFT it for `steps` steps, save it to `out_dir`.
+
+    A recipe whose demo needs more than short answers (MPO's chain of thought, IPA's verdicts) adds
+    `extra_examples(train_dir, processor, seed)` to the standard mix under the name `mix`, and may
+    give its own `build_model(world_dir, out_dir, seed=)` (a tokenizer that knows its phrases)."""
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -79,19 +86,24 @@ def train_base_model(
     if problems:
         raise ValueError("toyworld sft: " + "; ".join(problems))
     torch.set_num_threads(threads)
-    out = build_untrained_model(world_dir, out_dir, seed=seed)
+    out = (build_model or build_untrained_model)(world_dir, out_dir, seed=seed)
     processor = AutoProcessor.from_pretrained(out)
     model = LlavaForConditionalGeneration.from_pretrained(out)
-    pixels, examples = load_examples(Path(world_dir) / "train", processor)
-    log.info("toyworld sft: %d examples on %d images, %d steps of %d", len(examples), len(pixels), steps, batch_size)
+    split = Path(world_dir) / "train"
+    pixels, examples = load_examples(split, processor)
+    extra = extra_examples(split, processor, seed) if extra_examples else []
+    log.info("toyworld sft: %d examples (+%d %s) on %d images, %d steps of %d", len(examples), len(extra),
+             mix or "standard", len(pixels), steps, batch_size)
     start = time.monotonic()
-    losses = _train(model, pixels, examples, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+    losses = _train(model, pixels, examples + extra, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
                     warmup_ratio=warmup_ratio, log_every=log_every, pad_id=processor.tokenizer.pad_token_id)
     seconds = round(time.monotonic() - start, 1)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    params = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio}
-    record = {**params, "seconds": seconds, "examples": len(examples), "loss_curve": losses}
+    params = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio,
+              **({"mix": mix} if mix else {})}
+    record = {**params, "seconds": seconds, "examples": len(examples), "loss_curve": losses,
+              **({"extra_examples": len(extra)} if extra_examples else {})}
     Path(out, SFT_RECORD_FILE).write_text(json.dumps(record, indent=1))
     world = json.loads(Path(world_dir, WORLD_FILE).read_text())
     write_model_card(out, ModelCard(kind="full", base=None, recipe={"toyworld_sft": params},
