@@ -16,8 +16,9 @@ from visalign.toyworld import export, sft
 # with the Python API (the defaults live in one place: the signatures).
 _BUILD = {p.name: p.default for p in inspect.signature(export.build_world).parameters.values()
           if p.kind is p.KEYWORD_ONLY}
+# The training options with a scalar default (build_model / extra_examples are for the recipes' variants).
 _SFT = {p.name: p.default for p in inspect.signature(sft.train_base_model).parameters.values()
-        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+        if p.kind is p.KEYWORD_ONLY and isinstance(p.default, (int, float))}
 
 _BUILD_HELP = {
     "seed": "Seed of the whole world; the same seed gives byte-identical files.",
