@@ -32,8 +32,8 @@ def _timed(label: str, timings: dict[str, float]):
 
 # Recipes whose toy base model learns more than toyworld's standard SFT mix:
 # recipe -> (module, trainer function, its default step count).
-BASE_MODEL_TRAINERS = {"ipa": ("visalign.toyworld.ipa_sft", "train_ipa_base_model", "DEFAULT_IPA_BASE_STEPS")}
-BASE_MODEL_TRAINERS["mpo"] = ("visalign.toyworld.mpo_sft", "train_mpo_base_model", "DEFAULT_MPO_BASE_STEPS")
+BASE_MODEL_TRAINERS = {"ipa": ("visalign.toyworld.ipa_sft", "train_ipa_base_model", "DEFAULT_IPA_BASE_STEPS"),
+                       "mpo": ("visalign.toyworld.mpo_sft", "train_mpo_base_model", "DEFAULT_MPO_BASE_STEPS")}
 # Recipes whose seeds are not toyworld's seeds/llava.json (file under the world's seeds/).
 RECIPE_SEEDS = {"mpo": "steps.json"}  # step-by-step questions with and without ground truth
 
@@ -54,6 +54,7 @@ def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, flo
                    recipe: str = "seva") -> tuple[Path, Path]:
     """The toy world and its base model, built once per (seed, steps) and reused."""
     from visalign.toyworld import build_world
+    from visalign.toyworld.steps import write_step_data
 
     train_base_model, _ = _base_trainer(recipe)
     tag = f"{recipe}-" if recipe in BASE_MODEL_TRAINERS else ""
@@ -61,6 +62,9 @@ def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, flo
     if not (world / "world.json").exists():
         with _timed("build toy world", timings):
             build_world(world, seed=seed)
+    # MPO's step-by-step seeds and benchmark (idempotent, also for a world built before they existed):
+    # every recipe's demo then scores the same benchmarks, whichever demo ran first in this folder.
+    write_step_data(world, seed=seed)
     if not (model / "config.json").exists():
         with _timed("train base model", timings):
             train_base_model(world, model, steps=base_steps, seed=seed)
@@ -134,11 +138,6 @@ def run(*, recipe: str, out: Path, seed: int = 0, base_steps: int | None = None,
     with _timed("stack up", timings):
         info = stack.ensure_up(settings)
     os.environ.update(info.env)  # the stack actually running (it may have been started on other ports)
-    # MPO's step-by-step seeds and benchmark (idempotent): every recipe's demo then scores the same
-    # benchmarks, whichever demo ran first in this folder.
-    from visalign.toyworld.steps import write_step_data
-
-    write_step_data(world, seed=seed)
     inputs = upload_inputs(world, model, settings.bucket, timings)
     if recipe in RECIPE_SEEDS:
         inputs["seeds"] = [inputs["seeds"][0].rsplit("/", 1)[0] + "/" + RECIPE_SEEDS[recipe]]

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HISTOGRAM_FILE = "ratio_histogram.png"
 RATIOS_FILE = "ratios.json"
-STEP_TAG = "visalign.select_step"  # MLflow tag: which output directory and configuration a run logs
 
 
 def threshold(fmt: str, num_images: int, params: SelectParams) -> float:
@@ -224,18 +223,6 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: Select
     return report
 
 
-def _earlier_run(experiment: str, step: str) -> str | None:
-    """The run an earlier attempt of this step opened (same output directory and configuration)."""
-    import mlflow
-
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = mlflow.MlflowClient().search_runs([found.experiment_id], filter_string=f"tags.`{STEP_TAG}` = '{step}'",
-                                             max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
 def _log_to_mlflow(report: StageReport, out: Path, run_id: str | None, experiment: str,
                    config: dict[str, Any]) -> str:
     import mlflow
@@ -246,9 +233,7 @@ def _log_to_mlflow(report: StageReport, out: Path, run_id: str | None, experimen
     # The configuration is in the key too, so a rerun with other settings gets a run of its own
     # (MLflow refuses to change a logged parameter's value).
     step = schema.stable_id("select", str(out.resolve()), config)
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    run_id = run_id or _earlier_run(experiment, step)
-    with tracking.start_run(experiment, run_name="select", run_id=run_id, tags={STEP_TAG: step}) as active:
+    with tracking.start_run(experiment, run_name="select", run_id=run_id, step_key=step) as active:
         tracking.log_params_flat(config)
         metrics = {"select/pairs": float(report.rows_out)}
         for key, d in report.extra["ratios"].items():

@@ -34,15 +34,32 @@ def tracking_uri() -> str:
     return local
 
 
+STEP_TAG = "visalign.step"  # MLflow tag: the step attempt's key (start_run(step_key=...))
+
+
+def _run_with_step_key(experiment: str, step_key: str) -> str | None:
+    """The run an earlier attempt with the same step key opened in `experiment`, if any."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = mlflow.MlflowClient().search_runs([found.experiment_id], filter_string=f"tags.`{STEP_TAG}` = '{step_key}'",
+                                             max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
 @contextmanager
 def start_run(experiment: str, run_name: str, run_id: str | None = None,
-              tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run in `experiment` (created if missing), or the run `run_id` resumed.
+              tags: Mapping[str, str] | None = None, step_key: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run in `experiment` (created if missing), or the run `run_id` resumed, or the run
+    an earlier attempt with the same `step_key` opened (tagged STEP_TAG).
 
     Resuming lets a retried pipeline step keep logging to the run it started, instead of
     leaving a half-filled run behind and a new one beside it.
     """
     mlflow.set_tracking_uri(tracking_uri())
+    if step_key is not None:
+        run_id = run_id or _run_with_step_key(experiment, step_key)
+        tags = {**(tags or {}), STEP_TAG: step_key}
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
     else:

@@ -17,7 +17,6 @@ from pathlib import Path
 from visalign.rollout import render_question
 from visalign.toyworld import sft, steps
 from visalign.toyworld.export import LLAVA_FILE, WORLD_FILE
-from visalign.toyworld.steps import write_step_data
 
 log = logging.getLogger("visalign.toyworld")
 
@@ -61,6 +60,5 @@ def build_mpo_untrained_model(world_dir: str | os.PathLike, out_dir: str | os.Pa
 def train_mpo_base_model(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                          steps: int = DEFAULT_MPO_BASE_STEPS, seed: int = 0, **sft_options) -> Path:
     """train_base_model's recipe on the standard mix plus chain-of-thought step questions."""
-    write_step_data(world_dir, seed=seed)  # MPO's seeds and benchmark, for a world built before them
     return sft.train_base_model(world_dir, out_dir, steps=steps, seed=seed, build_model=build_mpo_untrained_model,
                                 extra_examples=cot_examples, mix="standard+mpo_cot", **sft_options)

@@ -6,7 +6,7 @@ short worked rationale ending in "Final answer: X" (the format visalign.correctn
     benchmarks/toy_steps.tsv  VLMEvalKit TSV with an answer_type column (evaluate's COT task), on
                               the benchmark images (held out, as every benchmark)
 
-`write_step_data` adds both to a built world (idempotent; the other recipes never read them).
+`write_step_data` adds both to a built world (idempotent; the demo writes them for every recipe).
 `step_examples` is the base model's chain-of-thought SFT mix (visalign.toyworld.mpo_sft).
 """
 
