@@ -23,7 +23,7 @@ def sample(sources: list[str], recipe: str, profile: str, overrides: dict, promp
         overrides: Recipe parameters to change, as {"stage.field": value}, e.g. {"sample.num_prompts": 1000}.
     """
     from visalign import recipes
-    from visalign import sample as stage
+    from visalign.stages import sample as stage
 
     r = recipes.load(recipe, profile, overrides)
     stage.run(sources=sources, output_dir=prompts.path, params=r.sample)
@@ -39,7 +39,7 @@ def augment(prompts: Input[Dataset], recipe: str, profile: str, overrides: dict,
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"augment.diffusion_step": 500}.
     """
-    from visalign import augment as stage
+    from visalign.stages import augment as stage
     from visalign import recipes
 
     r = recipes.load(recipe, profile, overrides)
@@ -60,7 +60,7 @@ def rollout(prompts: Input[Dataset], views: Input[Dataset], model: str, recipe: 
         overrides: Recipe parameters to change, e.g. {"rollout.batch_size": 16}.
     """
     from visalign import recipes
-    from visalign import rollout as stage
+    from visalign.stages import rollout as stage
 
     r = recipes.load(recipe, profile, overrides)
     stage.run(prompts_dir=prompts.path, views_dir=views.path, model=model, output_dir=responses.path,
@@ -79,7 +79,7 @@ def filter_pairs(prompts: Input[Dataset], responses: Input[Dataset], recipe: str
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"filter.target_count": 8000}.
     """
-    from visalign import filter as stage
+    from visalign.stages import filter as stage
     from visalign import recipes
 
     r = recipes.load(recipe, profile, overrides)
@@ -100,8 +100,9 @@ def train(pairs: Input[Dataset], model: str, recipe: str, profile: str, override
             trains on 4 GPU nodes as a Kubeflow Trainer TrainJob.
         experiment: MLflow experiment for the training run.
     """
-    from visalign import recipes, trainjob
-    from visalign import train as stage
+    from visalign import recipes
+    from visalign.infra import trainjob
+    from visalign.stages import train as stage
 
     r = recipes.load(recipe, profile, overrides)
     if trainjob.wanted(r.train.num_nodes, trainjob.JobConfig.from_env()):  # several nodes: a Kubeflow TrainJob
@@ -128,7 +129,7 @@ def evaluate(benchmarks: list[str], base_model: str, aligned: Input[Model], reci
     import json
     from pathlib import Path
 
-    from visalign import evaluate as stage
+    from visalign.stages import evaluate as stage
     from visalign import recipes, schema
 
     r = recipes.load(recipe, profile, overrides)
@@ -159,7 +160,7 @@ def register(aligned: Input[Model], results: Input[Dataset], recipe: str, profil
         The alias given: champion or challenger.
     """
     from visalign import recipes
-    from visalign import register as stage
+    from visalign.stages import register as stage
 
     r = recipes.load(recipe, profile, overrides)
     report = stage.run(model_dir=aligned.path, eval_dir=results.path, output_dir=decision.path, params=r.register,
@@ -187,7 +188,7 @@ def ipa_collect(prompts: Input[Dataset], base_model: str, round_index: int, roun
         policy: The model trained after the previous round (rounds > 1).
         state: The previous round's pairs step output: which seeds are still without a pair.
     """
-    from visalign import ipa_collect as stage
+    from visalign.ipa import collect as stage
     from visalign import recipes
 
     if "ipa.rounds" in overrides and str(overrides["ipa.rounds"]) != str(rounds):
@@ -221,7 +222,7 @@ def ipa_pairs(prompts: Input[Dataset], candidates: Input[Dataset], base_model: s
         policy: The model trained after the previous round (rounds > 1).
         state: The previous round's pairs step output (rounds > 1).
     """
-    from visalign import ipa_pairs as stage
+    from visalign.ipa import pairs as stage
     from visalign import recipes
 
     if "ipa.rounds" in overrides and str(overrides["ipa.rounds"]) != str(rounds):
@@ -250,7 +251,7 @@ def compose(prompts: Input[Dataset], recipe: str, profile: str, overrides: dict,
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"compose.mix": "1,1,1"} or {"compose.cell_size": 336}.
     """
-    from visalign import multi_image as stage
+    from visalign.mia_dpo import compose as stage
     from visalign import recipes
 
     r = recipes.load(recipe, profile, overrides)
@@ -270,7 +271,7 @@ def mia_rollout(prompts: Input[Dataset], model: str, recipe: str, profile: str, 
         overrides: Recipe parameters to change, e.g. {"rollout.attention_layer": 16}.
     """
     from visalign import recipes
-    from visalign import rollout as stage
+    from visalign.stages import rollout as stage
 
     r = recipes.load(recipe, profile, overrides)
     stage.run(prompts_dir=prompts.path, model=model, output_dir=responses.path, params=r.rollout)
@@ -302,7 +303,7 @@ def select_pairs(prompts: Input[Dataset], responses: Input[Dataset], recipe: str
     from pathlib import Path
 
     from visalign import recipes
-    from visalign import select as stage
+    from visalign.mia_dpo import select as stage
 
     r = recipes.load(recipe, profile, overrides)
     report = stage.run(prompts_dir=prompts.path, responses_dir=responses.path, output_dir=pairs.path,
@@ -329,7 +330,7 @@ def mpo_rollout(prompts: Input[Dataset], model: str, recipe: str, profile: str, 
         overrides: Recipe parameters to change, e.g. {"rollout.num_samples": 16, "rollout.temperature": 1.0}.
     """
     from visalign import recipes
-    from visalign import rollout as stage
+    from visalign.stages import rollout as stage
 
     r = recipes.load(recipe, profile, overrides)
     stage.run(prompts_dir=prompts.path, model=model, output_dir=responses.path, params=r.rollout)
@@ -348,7 +349,7 @@ def mpo_pairs(prompts: Input[Dataset], responses: Input[Dataset], model: str, re
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"pairs.max_pairs_per_question": 15}.
     """
-    from visalign import mpo_pairs as stage
+    from visalign.mpo import pairs as stage
     from visalign import recipes
 
     r = recipes.load(recipe, profile, overrides)

@@ -205,7 +205,7 @@ def use_services(task, secrets: Secrets = Secrets(), s3: bool = True, mlflow: bo
 
 def trainjob_config(settings: ClusterSettings) -> Any:
     """What the train step needs to launch a TrainJob, from the same settings as its own pod."""
-    from visalign.trainjob import JobConfig
+    from visalign.infra.trainjob import JobConfig
 
     s = settings.secrets
     env_secrets = {k: (s.s3_secret, k, False) for k in s.s3_keys}

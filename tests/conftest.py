@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from visalign import stack as stack_mod
+from visalign.infra import stack as stack_mod
 from visalign.recipes import ConfigError
 
 

@@ -15,23 +15,23 @@ from visalign.recipes import ConfigError
 from visalign.report import setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample": ("visalign.sample", "Pick image-question prompts from seeds (LLaVA JSON or VLMEvalKit TSV)."),
-    "augment": ("visalign.augment", "Make an augmented view of every prompt's images."),
-    "rollout": ("visalign.rollout", "Generate answers on clean images and on augmented views."),
-    "filter": ("visalign.filter", "Turn responses into preference pairs (TRL format)."),
-    "train": ("visalign.train", "Preference-train the model (TRL DPO, LoRA, DeepSpeed)."),
-    "evaluate": ("visalign.evaluate", "Score base and aligned models on VLMEvalKit-TSV benchmarks."),
-    "register": ("visalign.register", "Register the model in MLflow and decide champion or challenger."),
-    "ipa-collect": ("visalign.ipa_collect", "IPA round: sample on clean and perturbed images, then revise."),
-    "ipa-pairs": ("visalign.ipa_pairs", "IPA round: verify candidates against references, build pairs."),
-    "compose": ("visalign.multi_image", "MIA-DPO: build multi-image prompts (sequence, grid, pic-in-pic)."),
-    "select": ("visalign.select", "MIA-DPO: attention-aware selection of rejected responses into pairs."),
-    "mpo-pairs": ("visalign.mpo_pairs", "MPO: correctness pairs (with a reference) and DropoutNTP pairs (without)."),
-    "stack": ("visalign.stack", "Start, stop or inspect the local S3 + MLflow stack."),
+    "sample": ("visalign.stages.sample", "Pick image-question prompts from seeds (LLaVA JSON or VLMEvalKit TSV)."),
+    "augment": ("visalign.stages.augment", "Make an augmented view of every prompt's images."),
+    "rollout": ("visalign.stages.rollout", "Generate answers on clean images and on augmented views."),
+    "filter": ("visalign.stages.filter", "Turn responses into preference pairs (TRL format)."),
+    "train": ("visalign.stages.train", "Preference-train the model (TRL DPO, LoRA, DeepSpeed)."),
+    "evaluate": ("visalign.stages.evaluate", "Score base and aligned models on VLMEvalKit-TSV benchmarks."),
+    "register": ("visalign.stages.register", "Register the model in MLflow and decide champion or challenger."),
+    "ipa-collect": ("visalign.ipa.collect", "IPA round: sample on clean and perturbed images, then revise."),
+    "ipa-pairs": ("visalign.ipa.pairs", "IPA round: verify candidates against references, build pairs."),
+    "compose": ("visalign.mia_dpo.compose", "MIA-DPO: build multi-image prompts (sequence, grid, pic-in-pic)."),
+    "select": ("visalign.mia_dpo.select", "MIA-DPO: attention-aware selection of rejected responses into pairs."),
+    "mpo-pairs": ("visalign.mpo.pairs", "MPO: correctness pairs (with a reference) and DropoutNTP pairs (without)."),
+    "stack": ("visalign.infra.stack", "Start, stop or inspect the local S3 + MLflow stack."),
     "toyworld": ("visalign.toyworld.cli", "Build the synthetic shapes world and the demo's base model."),
     "demo": ("visalign.demo", "Run a recipe end to end through kfp.local against the local stack."),
-    "upload": ("visalign.kfp_client", "Upload the compiled pipelines to Kubeflow Pipelines (idempotent)."),
-    "submit": ("visalign.kfp_client", "Start a recipe's run on Kubeflow Pipelines and print its URL."),
+    "upload": ("visalign.infra.kfp_client", "Upload the compiled pipelines to Kubeflow Pipelines (idempotent)."),
+    "submit": ("visalign.infra.kfp_client", "Start a recipe's run on Kubeflow Pipelines and print its URL."),
 }
 
 

@@ -72,7 +72,7 @@ def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, flo
 
 
 def upload_inputs(world: Path, model: Path, bucket: str, timings: dict[str, float]) -> dict[str, Any]:
-    from visalign import store
+    from visalign.infra import store
 
     prefix = f"s3://{bucket}/demo"
     with _timed("upload inputs to S3", timings):
@@ -86,7 +86,7 @@ def upload_inputs(world: Path, model: Path, bucket: str, timings: dict[str, floa
 
 def summarize(recipe: str, run_dir: Path, timings: dict[str, float]) -> dict[str, Any]:
     if recipe == "ipa":  # several tasks per stage (one per round): read through the IR's display names
-        from visalign import ipa_summary
+        from visalign.ipa import summary as ipa_summary
 
         return ipa_summary.summarize(run_dir, timings)
     from visalign_pipelines.local import find_output, stage_reports
@@ -128,7 +128,7 @@ def run(*, recipe: str, out: Path, seed: int = 0, base_steps: int | None = None,
         overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from visalign_pipelines.local import run_pipeline
 
-    from visalign import stack
+    from visalign.infra import stack
 
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ def run(*, recipe: str, out: Path, seed: int = 0, base_steps: int | None = None,
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, info.mlflow_url)
     if recipe == "ipa":
-        from visalign.ipa_summary import print_rounds
+        from visalign.ipa.summary import print_rounds
 
         print_rounds(summary)
     return summary

@@ -30,7 +30,7 @@ def local_dir(uri: str | os.PathLike) -> Path:
     """A local directory for `uri`, downloading an s3:// prefix into the cache first."""
     uri = str(uri)
     if uri.startswith("s3://"):
-        from visalign import store
+        from visalign.infra import store
 
         return Path(store.local_path(uri))
     path = Path(uri.removeprefix("file://"))

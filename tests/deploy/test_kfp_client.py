@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from fresh_process import run_fresh
-from visalign import cli, kfp_client
+from visalign import cli
+from visalign.infra import kfp_client
 from visalign.recipes import ConfigError
 
 IRS = kfp_client.compiled_pipelines()

@@ -12,8 +12,10 @@ import pytest
 import yaml
 from deploy_support import status_for, trainjob_validator, validate_trainjob
 
-from visalign import recipes, trainjob
-from visalign.trainjob import JobConfig, TrainJobError
+from visalign import recipes
+from visalign.infra import trainjob
+from visalign.infra.trainjob import JobConfig, TrainJobError
+from visalign.stages import train_node
 
 CONFIG = JobConfig(
     image="registry.example/visalign-cuda@sha256:" + "1" * 64, gpus_per_node=8,
@@ -39,7 +41,7 @@ def test_manifest_is_valid_against_the_trainjob_crd_schema():
     assert spec["trainer"]["image"] == CONFIG.image and spec["trainer"]["numNodes"] == 4
     assert spec["trainer"]["numProcPerNode"] == 8
     assert spec["trainer"]["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": 8}
-    assert spec["trainer"]["command"][:3] == ["torchrun", "-m", "visalign.trainjob"]
+    assert spec["trainer"]["command"][:3] == ["torchrun", "-m", "visalign.stages.train_node"]
     pod = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
     assert pod["name"] == "node"
     pod = pod["template"]["spec"]["template"]["spec"]
@@ -101,7 +103,7 @@ def test_the_compiled_pipeline_carries_a_valid_trainjob_config():
 def test_success_polls_to_complete_logs_progress_and_deletes(trainjob_api, caplog):
     api = trainjob_api([status_for("Pending"), status_for("Running"), status_for("Running", progress=50),
                         status_for("Complete", progress=100)])
-    caplog.set_level(logging.INFO, "visalign.trainjob")
+    caplog.set_level(logging.INFO, "visalign.infra.trainjob")
     job = trainjob.submit_and_wait(api.api(), _body(), deadline_seconds=30, poll_seconds=0.01)
     assert trainjob.job_state(job)[0] == "Complete"
     assert len(api.created) == 1 and not api.jobs
@@ -152,7 +154,7 @@ def test_step_run_downloads_the_adapter_and_records_the_job(trainjob_api, tmp_pa
         staged["uri"] = uri
         (tmp_path / "out" / "report.json").write_text(json.dumps({"stage": "train", "extra": {}}))
 
-    monkeypatch.setattr("visalign.store.download_dir", fake_download)
+    monkeypatch.setattr("visalign.infra.store.download_dir", fake_download)
     (tmp_path / "out").mkdir()
     recipe = recipes.load("seva", "paper", {"train.num_nodes": 2})
     report = trainjob.run(pairs_uri="minio://mlpipeline/v2/run/filter/pairs", model="s3://visalign/models/base",
@@ -196,16 +198,16 @@ def test_checkpoints_go_to_the_workspace_one_folder_per_output(monkeypatch, tmp_
 
 def test_worker_uploads_from_rank_0_only_and_other_ranks_keep_off_the_tracking_server(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("visalign.store.local_path", lambda uri, cache_dir=None: tmp_path)
-    monkeypatch.setattr("visalign.store.upload_dir", lambda local, uri: calls.append(("upload", uri)))
-    monkeypatch.setattr("visalign.train.run", lambda **kw: calls.append(("train", kw["params"].num_nodes)))
+    monkeypatch.setattr("visalign.infra.store.local_path", lambda uri, cache_dir=None: tmp_path)
+    monkeypatch.setattr("visalign.infra.store.upload_dir", lambda local, uri: calls.append(("upload", uri)))
+    monkeypatch.setattr("visalign.stages.train.run", lambda **kw: calls.append(("train", kw["params"].num_nodes)))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     argv = ["--pairs", "s3://b/p", "--model", "s3://b/m", "--output-uri", "s3://b/o", "--recipe", "seva",
             "--profile", "toy", "--experiment", "e", "--overrides", json.dumps({"train.num_nodes": 2})]
     monkeypatch.setenv("RANK", "1")
-    assert trainjob.worker(argv) == 0
+    assert train_node.worker(argv) == 0
     assert calls == [("train", 2)] and not __import__("os").environ["MLFLOW_TRACKING_URI"].startswith("http")
     monkeypatch.setenv("RANK", "0")
     calls.clear()
-    trainjob.worker(argv)
+    train_node.worker(argv)
     assert calls == [("train", 2), ("upload", "s3://b/o")]

@@ -14,10 +14,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from visalign import evaluate, register, schema, store
+from visalign import schema
+from visalign.stages import evaluate
+from visalign.stages import register
+from visalign.infra import store
 from visalign.recipes import EvaluateParams, RegisterParams
 from visalign.report import read_report
-from visalign.rollout import GenerationResult
+from visalign.stages.rollout import GenerationResult
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from visalign import cli
-from visalign import stack as stack_api
+from visalign.infra import stack as stack_api
 
 
 def dead_pid() -> int:

@@ -1,4 +1,4 @@
-"""visalign.store against the real SeaweedFS S3 server of the session's stack."""
+"""visalign.infra.store against the real SeaweedFS S3 server of the session's stack."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from visalign import store
+from visalign.infra import store
 
 pytestmark = pytest.mark.integration
 

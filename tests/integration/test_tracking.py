@@ -1,4 +1,4 @@
-"""visalign.tracking against the session's real MLflow server (artifacts proxied to SeaweedFS)."""
+"""visalign.infra.tracking against the session's real MLflow server (artifacts proxied to SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import mlflow
 import pytest
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from visalign import store, tracking
+from visalign.infra import store
+from visalign.infra import tracking
 
 
 def test_flatten_and_metric_keys():
@@ -22,7 +23,7 @@ def test_flatten_and_metric_keys():
 def test_tracking_uri_falls_back_to_a_local_store_with_a_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="visalign.tracking"):
+    with caplog.at_level(logging.WARNING, logger="visalign.infra.tracking"):
         # SQLite, not ./mlruns: MLflow 3 refuses the file store and the registry needs a database.
         assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert "MLFLOW_TRACKING_URI is not set" in caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from visalign import store
+from visalign.infra import store
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import yaml
 from visalign_pipelines import compile as compile_mod
 from visalign_pipelines import settings
 
-from visalign import recipes, verify
+from visalign import recipes
+from visalign.ipa import verify
 
 
 def _spec():

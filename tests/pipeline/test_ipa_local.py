@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from visalign_pipelines.local import find_output, run_pipeline
 
-from visalign import verify
+from visalign.ipa import verify
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 from verifier_standin import StandInEndpoint  # noqa: E402
@@ -74,7 +74,7 @@ def test_ipa_two_rounds_end_to_end(s3_inputs, stand_in_judge, tmp_path):
     register = json.loads((find_output(run_dir, "register-2", "decision") / "report.json").read_text())
     assert register["alias"] in ("champion", "challenger")
     # the demo's per-round summary reads the run through the IR's display names
-    from visalign import ipa_summary
+    from visalign.ipa import summary as ipa_summary
 
     summary = ipa_summary.summarize(run_dir)
     assert [r["round"] for r in summary["rounds"]] == [1, 2]

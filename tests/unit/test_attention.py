@@ -5,9 +5,9 @@ import math
 import pytest
 from PIL import Image, ImageDraw
 
-from visalign import attention
+from visalign.mia_dpo import attention
 from visalign.recipes import SelectParams
-from visalign.select import threshold
+from visalign.mia_dpo.select import threshold
 
 
 def test_sequence_ratio_is_target_mean_over_sum_of_means():
@@ -96,8 +96,8 @@ def test_collage_cells_line_up_with_the_tokens_the_processor_gives(tiny_model):
     tokens that show a cell's colour is that cell's share; a wide canvas is cropped, so it is refused."""
     from transformers import AutoProcessor
 
-    from visalign import multi_image as mi
-    from visalign.rollout import user_message
+    from visalign.mia_dpo import compose as mi
+    from visalign.stages.rollout import user_message
 
     processor = AutoProcessor.from_pretrained(tiny_model)
     colours = ["red", "green", "blue", "yellow"]
@@ -164,7 +164,7 @@ def test_capture_matches_eager_output_attentions_in_a_padded_batch(tiny_model):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from visalign.rollout import GenerationRequest, HFEngine, user_message
+    from visalign.stages.rollout import GenerationRequest, HFEngine, user_message
 
     processor = AutoProcessor.from_pretrained(tiny_model)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
@@ -201,7 +201,7 @@ def test_capture_matches_eager_output_attentions_in_a_padded_batch(tiny_model):
 def test_capture_default_layer_is_the_middle_one_and_bad_layers_fail_early(tiny_model):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from visalign.rollout import HFEngine
+    from visalign.stages.rollout import HFEngine
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model)
     assert attention.decoder_attention(model, None)[1] == 1  # 2 layers -> index 1 (32 -> 16)

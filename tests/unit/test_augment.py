@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from visalign import augment, schema
-from visalign.augment_pixel import AUTOAUGMENT_OPS, IMAGENET_POLICY, PIXEL_RECIPES, rrc_box
+from visalign import schema
+from visalign.stages import augment
+from visalign.stages.augment_pixel import AUTOAUGMENT_OPS, IMAGENET_POLICY, PIXEL_RECIPES, rrc_box
 from visalign.recipes import AugmentParams
 from visalign.report import read_report
 
@@ -259,7 +260,7 @@ def test_run_drops_a_prompt_without_images_and_rejects_bad_params(tmp_path):
 
 
 def test_cli_runs_the_stage(tmp_path):
-    pytest.importorskip("visalign.train", reason="recipes.validate needs visalign.train.LOSS_TYPES")
+    pytest.importorskip("visalign.stages.train", reason="recipes.validate needs visalign.stages.train.LOSS_TYPES")
     from visalign.cli import main
 
     make_prompts(tmp_path / "in", corrupt=False)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from visalign import evaluate, schema
-from visalign.evaluate import (
+from visalign import schema
+from visalign.stages import evaluate
+from visalign.stages.evaluate import (
     BenchRow,
     benchmark_metrics,
     can_infer_option,
@@ -23,7 +24,7 @@ from visalign.evaluate import (
 )
 from visalign.recipes import EvaluateParams
 from visalign.report import StageReport, read_report
-from visalign.rollout import GenerationResult
+from visalign.stages.rollout import GenerationResult
 from visalign.schema import Prediction
 
 COLOURS = ["red", "green", "blue", "yellow"]

@@ -1,4 +1,4 @@
-from visalign import filter as filt
+from visalign.stages import filter as filt
 from visalign import schema
 from visalign.recipes import FilterParams
 from visalign.schema import Prompt, Response

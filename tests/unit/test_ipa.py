@@ -7,12 +7,15 @@ from collections import Counter
 import pytest
 from verifier_standin import StandInEndpoint
 
-from visalign import ipa_collect, ipa_pairs, recipes, sample, schema
-from visalign.ipa_collect import PENDING_FILE, REVISED
+from visalign import recipes, schema
+from visalign.ipa import collect as ipa_collect
+from visalign.ipa import pairs as ipa_pairs
+from visalign.stages import sample
+from visalign.ipa.collect import PENDING_FILE, REVISED
 from visalign.recipes import SampleParams
-from visalign.rollout import CLEAN, HFEngine, open_images
+from visalign.stages.rollout import CLEAN, HFEngine, open_images
 from visalign.schema import Response
-from visalign.verify import EndpointVerifier
+from visalign.ipa.verify import EndpointVerifier
 
 VIEWS = [CLEAN, "noise", "blur", "scale"]
 
@@ -160,7 +163,7 @@ def test_several_rounds_without_revision_are_noted_and_get_no_reference(prompts_
     state = tmp_path / "state"
     state.mkdir()
     schema.write_rows(state / PENDING_FILE, [{"prompt_id": prompts[0].id}])
-    with caplog.at_level("WARNING", logger="visalign.ipa_collect"):
+    with caplog.at_level("WARNING", logger="visalign.ipa.collect"):
         report = ipa_collect.run(prompts_dir=str(prompts_dir), model="unused", output_dir=str(tmp_path / "r2"),
                                  recipe=_recipe(**{"ipa.rounds": 2, "ipa.revise": False, "ipa.perturbations": ""}),
                                  round_index=2, state_dir=str(state), engines=engines)
@@ -277,7 +280,7 @@ def test_toy_verification_examples_teach_verdicts_the_parser_reads():
     import re
 
     from visalign.toyworld.ipa_sft import _format_examples, answer_kind
-    from visalign.verify import parse_verdict
+    from visalign.ipa.verify import parse_verdict
 
     entry = {"conversations": [{"value": "<image>\nWhat colour is the circle?"}, {"value": "red"}]}
     rng, seen = random.Random(0), set()
@@ -317,7 +320,7 @@ def test_verification_resumes_from_its_checkpoint(prompts_dir, judge, tmp_path):
 
 def _judged(prompt_id, items):
     """(Response, Verdict) pairs written by hand: items are (text, status)."""
-    from visalign.verify import Verdict
+    from visalign.ipa.verify import Verdict
 
     return [(Response(id=f"{prompt_id}-{k}", prompt_id=prompt_id, view=CLEAN, text=t, num_tokens=1,
                       finish_reason="eos"), Verdict(status)) for k, (t, status) in enumerate(items)]

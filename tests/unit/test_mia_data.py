@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from visalign import schema, train
+from visalign import schema
+from visalign.stages import train
 from visalign.recipes import EvaluateParams, TrainParams
-from visalign.rollout import user_content
+from visalign.stages.rollout import user_content
 from visalign.schema import Pair
 
 SEQ = "Image1: <image>\nImage2: <image>\nImage3: <image>\nIn Image2, what colour is the circle?"
@@ -93,7 +94,7 @@ def test_train_refuses_a_max_length_that_cuts_image_tokens_before_training(tiny_
 
 
 def test_multi_image_benchmarks_are_vlmevalkit_rows_evaluate_reads(tmp_path):
-    from visalign import evaluate
+    from visalign.stages import evaluate
     from visalign.report import StageReport
     from visalign.toyworld import build_world, check_disjoint, read_tsv
 
@@ -115,7 +116,7 @@ def test_multi_image_benchmarks_are_vlmevalkit_rows_evaluate_reads(tmp_path):
 
 
 def test_evaluate_answers_multi_image_rows_with_the_model(tiny_model, tmp_path):
-    from visalign import evaluate
+    from visalign.stages import evaluate
     from visalign.toyworld import build_world
 
     build_world(tmp_path / "w", seed=3, num_seed_images=8, num_train_images=8, num_bench_images=8)

@@ -7,7 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from visalign import mpo_loss, schema, train
+from visalign import schema
+from visalign.stages import mpo_loss
+from visalign.stages import train
 from visalign.recipes import TrainParams
 from visalign.schema import Pair
 

@@ -4,7 +4,11 @@ import json
 
 import pytest
 
-from visalign import correctness, mpo_pairs, rollout, sample, schema
+from visalign import schema
+from visalign.stages import correctness
+from visalign.mpo import pairs as mpo_pairs
+from visalign.stages import rollout
+from visalign.stages import sample
 from visalign.recipes import MpoPairsParams, SampleParams
 from visalign.schema import Prompt, Response
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from visalign import correctness, evaluate
+from visalign.stages import correctness
+from visalign.stages import evaluate
 from visalign.report import StageReport
 from visalign.toyworld import steps
 from visalign.toyworld import world as W
@@ -64,7 +65,7 @@ def test_evaluate_cot_prompt_and_scoring(world):
     w, _ = world
     bench = evaluate.read_benchmark(str(w / "benchmarks" / "toy_steps.tsv"), StageReport("t"))
     row = bench.rows[0]
-    from visalign.rollout import COT_INSTRUCTION
+    from visalign.recipes.registry import COT_INSTRUCTION
 
     assert evaluate.build_question(row, evaluate.COT) == f"{row.question}\n{COT_INSTRUCTION}"
     assert evaluate.SCORERS[evaluate.COT](f"Looking.\nFinal answer: {row.answer}", row) == (row.answer, True)

@@ -5,7 +5,7 @@ import random
 import pytest
 from PIL import Image
 
-from visalign import multi_image as mi
+from visalign.mia_dpo import compose as mi
 from visalign import schema
 from visalign.recipes import ComposeParams
 from visalign.schema import Prompt
@@ -225,7 +225,7 @@ def test_distractors_come_from_the_targets_image_folder_unless_asked_otherwise(t
 
 
 def test_sample_records_the_llava_subset_folder():
-    from visalign.sample import image_group
+    from visalign.stages.sample import image_group
 
     assert image_group("coco/train2017/000000033471.jpg") == "coco"
     assert image_group("./ocr_vqa/images/1.jpg") == "ocr_vqa"

@@ -9,9 +9,10 @@ import json
 import pytest
 from PIL import Image
 
-from visalign import register, schema
+from visalign import schema
+from visalign.stages import register
 from visalign.recipes import RegisterParams
-from visalign.register import CHALLENGER, CHAMPION, MetricNotFound, decide
+from visalign.stages.register import CHALLENGER, CHAMPION, MetricNotFound, decide
 
 PARAMS = RegisterParams(model_name="m", target_metric="pope/f1", guard_metrics=("mc/accuracy",),
                         max_guard_drop=0.01, min_improvement=0.005)

@@ -1,6 +1,9 @@
 import pytest
 
-from visalign import augment, rollout, sample, schema
+from visalign import schema
+from visalign.stages import augment
+from visalign.stages import rollout
+from visalign.stages import sample
 from visalign.recipes import AugmentParams, RolloutParams, SampleParams
 
 

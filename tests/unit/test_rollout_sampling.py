@@ -3,7 +3,9 @@ continuation from an assistant prefix (MPO; IPA builds on it)."""
 
 import pytest
 
-from visalign import recipes, rollout, sample, schema
+from visalign import recipes, schema
+from visalign.stages import rollout
+from visalign.stages import sample
 from visalign.recipes import RolloutParams, SampleParams
 
 SAMPLING = dict(do_sample=True, temperature=1.5, top_k=0, top_p=1.0)

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import draw
-from visalign import sample, schema
+from visalign import schema
+from visalign.stages import sample
 from visalign.recipes import SampleParams
 
 

@@ -5,8 +5,9 @@ import json
 import pytest
 from PIL import Image
 
-from visalign import attention, schema
-from visalign import select as sel
+from visalign import schema
+from visalign.mia_dpo import attention
+from visalign.mia_dpo import select as sel
 from visalign.recipes import SelectParams
 from visalign.schema import Prompt, Response
 

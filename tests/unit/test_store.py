@@ -1,4 +1,4 @@
-"""visalign.store on local paths and file:// URIs, plus its S3 settings and retry policy (no server)."""
+"""visalign.infra.store on local paths and file:// URIs, plus its S3 settings and retry policy (no server)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import urllib3
 from minio.error import S3Error, ServerError
 
-from visalign import store
+from visalign.infra import store
 
 
 def test_text_and_bytes_round_trip_creating_parents(tmp_path):

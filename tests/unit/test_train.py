@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from visalign import schema, train
+from visalign import schema
+from visalign.stages import train
 from visalign.recipes import TrainParams
 from visalign.schema import Pair
 

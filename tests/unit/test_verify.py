@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 from verifier_standin import StandInEndpoint
 
-from visalign import recipes, verify
+from visalign import recipes
+from visalign.ipa import verify
 from visalign.recipes import VerifyParams
-from visalign.verify import CRITERIA, EndpointVerifier, LocalVerifier, VerifyItem, parse_verdict
+from visalign.ipa.verify import CRITERIA, EndpointVerifier, LocalVerifier, VerifyItem, parse_verdict
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -42,7 +43,7 @@ def test_local_verifier_on_a_model_that_answers_garbage_counts_and_retries_once(
     """The untrained tiny model cannot write a verdict: every answer is unparseable, asked again
     once with the retry suffix, then counted; nothing is verified and nothing crashes."""
     from visalign.models import load_model
-    from visalign.rollout import HFEngine
+    from visalign.stages.rollout import HFEngine
 
     loaded = load_model(str(tiny_model))
     calls = []
@@ -178,7 +179,7 @@ def test_circuit_breaker_stops_calling_a_down_endpoint_and_says_where(endpoint, 
     server = endpoint(default="500")
     params = _params(endpoint_retries=1, endpoint_backoff_s=0.0, max_consecutive_errors=3)
     verifier = EndpointVerifier(server.url, "judge-7b", "sk-secret", params)
-    with caplog.at_level("ERROR", logger="visalign.verify"):
+    with caplog.at_level("ERROR", logger="visalign.ipa.verify"):
         verdicts = verify.verify([_item(i) for i in range(10)], verifier, params)
     assert len(server.requests) == 3 * 2  # 3 items x (1 try + 1 retry), then no more calls
     assert [v.reason for v in verdicts] == [verify.RETRIES_EXHAUSTED] * 3 + [verify.SKIPPED_AFTER_OUTAGE] * 7
@@ -228,7 +229,7 @@ def test_local_verifier_loads_its_model_on_first_use_only():
 
     class Echo:
         def generate(self, requests):
-            from visalign.rollout import GenerationResult
+            from visalign.stages.rollout import GenerationResult
 
             return [GenerationResult(id=r.id, text="yes yes yes yes", num_tokens=4, finish_reason="eos")
                     for r in requests]

@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from visalign.rollout import render_question
+from visalign.stages.rollout import render_question
 from visalign.toyworld import sft, steps
 from visalign.toyworld.export import LLAVA_FILE, WORLD_FILE
 

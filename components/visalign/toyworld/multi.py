@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visalign.multi_image import grid_collage, lower_first, sequence_prompt
+from visalign.mia_dpo.compose import grid_collage, lower_first, sequence_prompt
 from visalign.toyworld import world as W
 
 MULTI_BENCHMARKS = ("toy_multi_seq", "toy_multi_grid")

@@ -1,5 +1,5 @@
 """Step-by-step questions for MPO: counting, comparing and locating, with ground truth and a
-short worked rationale ending in "Final answer: X" (the format visalign.correctness reads).
+short worked rationale ending in "Final answer: X" (the format visalign.stages.correctness reads).
 
     seeds/steps.json          LLaVA rows on the seed images: step questions with their answer, plus
                               open questions with no answer (gpt value null: DropoutNTP's seeds)
@@ -33,7 +33,7 @@ OPEN_SHARE = 0.25  # share of seed images that also get the open question
 class StepQuestion:
     question: str
     answer: str
-    answer_type: str  # a visalign.correctness scorer or alias
+    answer_type: str  # a visalign.stages.correctness scorer or alias
     kind: str  # counting, comparing, locating
     rationale: str
 
@@ -147,7 +147,7 @@ def cot_corpus() -> list[str]:
     """Every phrase of the step questions and worked answers plus the "cot" instruction, for the
     tokenizer of MPO's base model: enumerated, so whole words become tokens and a chain-of-thought
     example stays short (byte-level pieces would triple its length)."""
-    from visalign.rollout import render_question
+    from visalign.stages.rollout import render_question
 
     lines = [OPEN_QUESTION]
     for colour, shape in W.OBJECTS:

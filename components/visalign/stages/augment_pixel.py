@@ -1,6 +1,6 @@
 """Pixel-space augmentations of SeVa's Table 1, with PIL and numpy (no torchvision).
 
-SeVa's reference code contains only the diffusion noise (visalign.augment); the paper's other
+SeVa's reference code contains only the diffusion noise (visalign.stages.augment); the paper's other
 augmentations (RandFlip, RandomResizedCrop, AutoAugment, MoCo-v2, SimCLR, BYOL) are not in it, so
 their parameters here are the usual torchvision recipes, reimplemented (unverified against the
 paper). torchvision cannot be imported on the CPU machines we target, hence the port: each op

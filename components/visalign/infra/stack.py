@@ -30,7 +30,7 @@ from typing import Any
 
 from visalign.recipes import ConfigError
 
-log = logging.getLogger("visalign.stack")
+log = logging.getLogger("visalign.infra.stack")
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"

@@ -19,7 +19,7 @@ from pathlib import Path
 from visalign import schema
 from visalign.recipes import FilterParams
 from visalign.report import StageReport
-from visalign.rollout import CLEAN
+from visalign.stages.rollout import CLEAN
 from visalign.schema import Pair, Prompt, Response
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ SeVa's rejected answer is the policy's answer on an augmented image. Its referen
 forward-diffusion noise on the processor's normalised tensor, which cannot be stored as an image:
 such "tensor-space" views are recorded here (name, seed, parameters) and replayed exactly by the
 rollout stage through `apply_to_pixel_values`. The paper's other augmentations work on pixels
-(visalign.augment_pixel); their augmented images are written as PNG next to views.jsonl.
+(visalign.stages.augment_pixel); their augmented images are written as PNG next to views.jsonl.
 
     run(prompts_dir="out/sample", output_dir="out/augment", params=AugmentParams(name="diffusion"))
 """
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from visalign import recipes, schema
-from visalign.augment_pixel import PIXEL_RECIPES
+from visalign.stages.augment_pixel import PIXEL_RECIPES
 from visalign.recipes import AugmentParams
 from visalign.report import StageReport, progress
 

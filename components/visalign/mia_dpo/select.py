@@ -1,7 +1,7 @@
 """Select (MIA-DPO): keep the responses where the model looked away from the target image.
 
 For each composed prompt's greedy response (rollout with capture_attention), the attention ratio
-of its format (visalign.attention) is compared with the threshold for its format and image count.
+of its format (visalign.mia_dpo.attention) is compared with the threshold for its format and image count.
 A response becomes the REJECTED side of a pair when, in this order (each failure is a drop reason):
 
     attended_target     ratio >= threshold (the model looked at the target: not a hallucination)
@@ -30,8 +30,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visalign import attention, schema
-from visalign.filter import clean_text
+from visalign import schema
+from visalign.mia_dpo import attention
+from visalign.stages.filter import clean_text
 from visalign.recipes import GRID_THRESHOLD_IMAGES, SEQUENCE_THRESHOLD_IMAGES, FilterParams, SelectParams
 from visalign.report import StageReport
 from visalign.schema import Pair, Prompt, Response
@@ -227,7 +228,7 @@ def _log_to_mlflow(report: StageReport, out: Path, run_id: str | None, experimen
                    config: dict[str, Any]) -> str:
     import mlflow
 
-    from visalign import tracking
+    from visalign.infra import tracking
 
     # A KFP retry reruns the step with the same output path: its key finds the first attempt's run.
     # The configuration is in the key too, so a rerun with other settings gets a run of its own

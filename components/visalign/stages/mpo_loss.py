@@ -23,9 +23,10 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# The loss types the delta-aware path computes itself; anything else stays with TRL. recipes.validate
-# rejects other combinations with bco_pair before any work starts.
-MPO_LOSS_TYPES = ("sigmoid", "bco_pair", "sft")
+# MPO_LOSS_TYPES: the loss types the delta-aware path computes itself; anything else stays with TRL.
+# recipes.validate rejects other combinations with bco_pair before any work starts.
+from visalign.recipes.registry import MPO_LOSS_TYPES
+
 # The DPOConfig options the delta-aware path assumes at their defaults (it does not implement the others).
 PLAIN_DPO_OPTIONS = {"ld_alpha": None, "use_weighting": False, "precompute_ref_log_probs": False,
                      "f_divergence_type": "reverse_kl"}

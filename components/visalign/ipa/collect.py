@@ -10,7 +10,7 @@ without a pair, read from its `pending.jsonl`), the round's policy answers
 then, with `ipa.revise`, the reviser (the policy unless `ipa.reviser_model`) writes feedback on
 each of those responses and a refined response from it. The last round's feedback is
 reference-guided: its template shows the seed's reference answer. Every response is a candidate
-for the verifier (visalign.ipa_pairs), written as responses.jsonl with its origin in `view`
+for the verifier (visalign.ipa.pairs), written as responses.jsonl with its origin in `view`
 ("clean", "noise", "blur", "scale", "revised:<view>", with the revised sample's sample_index) and
 the feedback in `meta`.
 With `rollout.num_samples` > 1 and `rollout.do_sample` (rollout's seeded sampling), each view is
@@ -34,7 +34,7 @@ from typing import Any
 from visalign import schema
 from visalign.recipes import IpaParams, Recipe
 from visalign.report import StageReport, progress
-from visalign.rollout import CLEAN, GenerationRequest, open_images
+from visalign.stages.rollout import CLEAN, GenerationRequest, open_images
 from visalign.schema import Prompt, Response
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,14 @@ REVISED = "revised:"
 # ---- contrastive sampling: the perturbed views -------------------------------------------------
 
 def _noise(params: IpaParams, prompt: Prompt):
-    from visalign import augment
+    from visalign.stages import augment
 
     seed = augment.view_seed(params.seed, f"{prompt.id}:noise")
     return lambda pv: augment.add_diffusion_noise(pv, params.noise_step, seed)
 
 
 def _blur(images: list[Any], params: IpaParams) -> list[Any]:
-    from visalign.augment_pixel import gaussian_blur
+    from visalign.stages.augment_pixel import gaussian_blur
 
     return [gaussian_blur(im, params.blur_sigma) for im in images]
 
@@ -176,7 +176,7 @@ def build_engines(model: str, recipe: Recipe):
     """The policy's engine (greedy, or seeded sampling with rollout.do_sample) and the reviser's
     (greedy; the same loaded model unless ipa.reviser_model)."""
     from visalign.models import load_model
-    from visalign.rollout import HFEngine, Sampling
+    from visalign.stages.rollout import HFEngine, Sampling
 
     policy = load_model(model, dtype=recipe.rollout.dtype)
     reviser = policy if not recipe.ipa.reviser_model else load_model(recipe.ipa.reviser_model, dtype=recipe.rollout.dtype)

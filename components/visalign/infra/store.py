@@ -31,7 +31,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-log = logging.getLogger("visalign.store")
+log = logging.getLogger("visalign.infra.store")
 T = TypeVar("T")
 
 RETRY_ATTEMPTS = 5  # tries per call, the first included
@@ -183,7 +183,7 @@ def _translate(uri: str, error: Exception) -> Exception:
     if error.code == "NoSuchBucket":
         bucket = split_s3(uri)[0]
         return StoreNotFound(uri, f"bucket '{bucket}' does not exist at {where} (NoSuchBucket); create it "
-                             "with visalign.store.ensure_bucket, or `visalign stack up` for the local stack")
+                             "with visalign.infra.store.ensure_bucket, or `visalign stack up` for the local stack")
     if error.code in CREDENTIAL_CODES:
         return StoreAccessDenied(uri, f"access denied by {where} ({error.code}); {CREDENTIALS_FIX}")
     return StoreError(uri, f"S3 error {error.code}: {error.message}")

@@ -1,7 +1,7 @@
 """MPO pairs: the two MMPR pair builders (METHODS.md section 3), routed by ground truth.
 
 - Prompts WITH a reference answer -> correctness-based pairs. Each sampled chain-of-thought
-  response is read (visalign.correctness) and scored; chosen = a correct one, rejected = an
+  response is read (visalign.stages.correctness) and scored; chosen = a correct one, rejected = an
   incorrect one or a format negative. Every correct x incorrect combination is a candidate; a pair
   whose chosen text is a substring of its rejected text is skipped (the rejected would teach the
   chosen's tokens as bad), duplicates are dropped, and at most `max_pairs_per_question` are kept,
@@ -25,10 +25,11 @@ import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from visalign import correctness, schema
+from visalign import schema
+from visalign.stages import correctness
 from visalign.recipes import MpoPairsParams
 from visalign.report import StageReport
-from visalign.rollout import CLEAN, GenerationEngine, GenerationRequest, render_question
+from visalign.stages.rollout import CLEAN, GenerationEngine, GenerationRequest, render_question
 from visalign.schema import Pair, Prompt, Response
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def _distinct_answers(prompt: Prompt, responses: list[Response], report: StageRe
 
 def _dropout_engine(model: str, params: MpoPairsParams) -> GenerationEngine:
     from visalign.models import load_model
-    from visalign.rollout import HFEngine, Sampling
+    from visalign.stages.rollout import HFEngine, Sampling
 
     loaded = load_model(model, dtype=params.dtype)
     return HFEngine(loaded.model, loaded.processor, batch_size=params.batch_size,

@@ -25,7 +25,8 @@ from typing import Any
 import mlflow
 import pydantic
 
-from visalign import schema, store
+from visalign import schema
+from visalign.infra import store
 from visalign.recipes import RegisterParams
 from visalign.report import StageReport
 
@@ -120,7 +121,7 @@ class VisalignVLM(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from visalign.models import load_model
-        from visalign.rollout import HFEngine
+        from visalign.stages.rollout import HFEngine
 
         loaded = load_model(context.artifacts[MODEL_ARTIFACT])
         self.engine = HFEngine(loaded.model, loaded.processor, batch_size=8, max_new_tokens=64)
@@ -131,7 +132,7 @@ class VisalignVLM(mlflow.pyfunc.PythonModel):
 
         from PIL import Image
 
-        from visalign.rollout import GenerationRequest
+        from visalign.stages.rollout import GenerationRequest
 
         requests = [GenerationRequest(id=str(i), question=q.question, images=[
             Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB") for b in q.images])
@@ -236,7 +237,7 @@ def read_results(eval_dir: str) -> tuple[Metrics, Metrics]:
 def run(*, model_dir: str, eval_dir: str, output_dir: str, params: RegisterParams,
         tags: dict | None = None) -> StageReport:
     """Log and register the model, decide champion or challenger, set the alias, write report.json."""
-    from visalign import tracking
+    from visalign.infra import tracking
     from visalign.models import local_dir
 
     report = StageReport("register")

@@ -47,7 +47,7 @@ class Candidate:
 
 def _read(uri: str) -> bytes:
     if uri.startswith("s3://"):
-        from visalign import store
+        from visalign.infra import store
 
         return store.read_bytes(uri)
     return Path(uri.removeprefix("file://")).read_bytes()

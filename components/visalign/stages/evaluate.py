@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visalign import schema, store
+from visalign import schema
+from visalign.infra import store
 from visalign.recipes import SHORT_ANSWER_SUFFIX, ConfigError, EvaluateParams
 from visalign.report import StageReport, progress
 from visalign.schema import Prediction
@@ -44,7 +45,7 @@ MC_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the giv
 SHORT_PROMPT = "{question}\n" + SHORT_ANSWER_SUFFIX
 MULTIPLE_CHOICE, YES_NO, SHORT = "multiple_choice", "yes_no", "short"
 # A TSV with an `answer_type` column (MPO's step-by-step questions): asked with rollout's "cot" template,
-# the answer read after "Final answer:" and scored by visalign.correctness (correct at >= COT_THRESHOLD).
+# the answer read after "Final answer:" and scored by visalign.stages.correctness (correct at >= COT_THRESHOLD).
 COT = "cot"
 COT_THRESHOLD = 0.9
 LETTERS = string.ascii_uppercase
@@ -196,8 +197,8 @@ def _parse_row(raw: dict[str, str], letters: list[str], image_map: dict[str, str
     hint = (raw.get("hint") or "").strip()
     answer_type = (raw.get("answer_type") or "").strip() or None
     if answer_type is not None:
-        from visalign.correctness import SCORERS as COT_SCORERS
-        from visalign.correctness import scorer_for
+        from visalign.stages.correctness import SCORERS as COT_SCORERS
+        from visalign.stages.correctness import scorer_for
 
         if scorer_for(answer_type) is None:
             raise ValueError(f"answer_type: {answer_type!r} has no scorer; known: {sorted(COT_SCORERS)}")
@@ -259,7 +260,7 @@ def find_benchmarks(specs: Sequence[str]) -> list[str]:
 def build_question(row: BenchRow, task: str) -> str:
     question = f"{row.hint}\n{row.question}" if row.hint else row.question
     if task == COT:
-        from visalign.rollout import render_question
+        from visalign.stages.rollout import render_question
 
         return render_question(question, "cot")
     if task == MULTIPLE_CHOICE:
@@ -284,7 +285,7 @@ def _score_short(prediction: str, row: BenchRow) -> tuple[str | None, bool]:
 
 
 def _score_cot(prediction: str, row: BenchRow) -> tuple[str | None, bool]:
-    from visalign import correctness
+    from visalign.stages import correctness
 
     answer = correctness.extract(prediction).answer
     if answer is None:  # no parsable "Final answer:" line: wrong, and counted as unextractable
@@ -337,7 +338,7 @@ EngineFactory = Callable[[str, EvaluateParams], Any]
 def default_engine(uri: str, params: EvaluateParams):
     """Load the model (an adapter resolves its base by itself) behind batched greedy generation."""
     from visalign.models import load_model
-    from visalign.rollout import HFEngine
+    from visalign.stages.rollout import HFEngine
 
     loaded = load_model(uri)
     return HFEngine(loaded.model, loaded.processor, batch_size=params.batch_size,
@@ -356,7 +357,7 @@ def _answer(engine: Any, bench: Benchmark, params: EvaluateParams, desc: str) ->
     """Generate in chunks (images are decoded per chunk, not per benchmark) and score each answer."""
     from PIL import Image
 
-    from visalign.rollout import GenerationRequest
+    from visalign.stages.rollout import GenerationRequest
 
     preds, seconds = [], 0.0
     chunks = [bench.rows[i:i + params.batch_size] for i in range(0, len(bench.rows), params.batch_size)]
@@ -379,7 +380,7 @@ def log_to_mlflow(results: dict[str, Any], output_dir: Path, run_id: str | None)
     """'<model>/<bench>/<metric>' metrics and results.json, under `run_id` or a new run."""
     import mlflow
 
-    from visalign import tracking
+    from visalign.infra import tracking
 
     with tracking.start_run(EXPERIMENT, run_name="evaluate", run_id=run_id) as active:
         for model, benches in results.items():

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from visalign import schema
 from visalign.recipes import RolloutParams
+from visalign.recipes.registry import PROMPT_TEMPLATES
 from visalign.report import StageReport, progress
 from visalign.schema import Prompt, Response, View
 
@@ -49,20 +50,11 @@ class GenerationResult:
     text: str
     num_tokens: int
     finish_reason: str  # "eos" or "length"
-    capture: dict[str, Any] | None = None  # attention per image + perplexity, when asked (visalign.attention)
+    capture: dict[str, Any] | None = None  # attention per image + perplexity, when asked (visalign.stages.capture)
 
 
 class GenerationEngine(Protocol):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
-
-
-# The question as put to the model, by name (rollout.prompt_template). "cot" asks for reasoning that
-# ends in a single "Final answer: ..." line, which visalign.correctness reads back (MPO).
-COT_INSTRUCTION = "Think step by step, then end with a line 'Final answer: <answer>'."
-PROMPT_TEMPLATES: dict[str, str] = {
-    "plain": "{question}",
-    "cot": "{question}\n" + COT_INSTRUCTION,
-}
 
 
 def render_question(question: str, template: str) -> str:
@@ -131,11 +123,11 @@ class HFEngine:
         self.sampling = sampling or Sampling()
         self.processor.tokenizer.padding_side = "left"
         self.capture_attention, self.attention_layer = capture_attention, attention_layer
-        if capture_attention:  # one decoder layer's attention to each image (visalign.attention)
-            from visalign import attention
+        if capture_attention:  # one decoder layer's attention to each image (visalign.mia_dpo.attention)
+            from visalign.stages import capture
 
-            attention.enable(model)
-            attention.decoder_attention(model, attention_layer)  # a bad layer fails here, not mid-run
+            capture.enable(model)
+            capture.decoder_attention(model, attention_layer)  # a bad layer fails here, not mid-run
 
     def _prompt_text(self, r: GenerationRequest) -> str:
         messages = user_message(r.question, len(r.images))
@@ -196,11 +188,11 @@ class HFEngine:
     def _capture(self, enc: Any, batch: Sequence[GenerationRequest], eos_ids: set[int]):
         if not self.capture_attention:
             return None
-        from visalign import attention
+        from visalign.stages import capture
 
         merge = getattr(self.processor.image_processor, "merge_size", 1) if hasattr(self.processor, "image_processor") else 1
-        return attention.Capture(self.model, self.attention_layer, enc, [len(r.images) for r in batch],
-                                 attention.image_token_id(self.processor), eos_ids, merge=merge)
+        return capture.Capture(self.model, self.attention_layer, enc, [len(r.images) for r in batch],
+                               capture.image_token_id(self.processor), eos_ids, merge=merge)
 
 
 def build_engine(name: str, model: Any, processor: Any, params: RolloutParams) -> GenerationEngine:
@@ -225,7 +217,7 @@ def _requests_for(prompt: Prompt, view: View | None, prompts_dir: str, views_dir
                   params: RolloutParams | None = None):
     """The clean request and the augmented-view request of one prompt (without images when
     params.with_image is off; the question through params.prompt_template)."""
-    from visalign import augment
+    from visalign.stages import augment
 
     with_image = params.with_image if params is not None else True
     question = render_question(prompt.question, params.prompt_template) if params is not None else prompt.question

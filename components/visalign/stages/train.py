@@ -26,11 +26,6 @@ from visalign.report import StageReport
 
 log = logging.getLogger(__name__)
 
-# TRL 1.16's DPO loss names (DPOConfig.loss_type); listed once, validated by recipes.validate.
-LOSS_TYPES = frozenset({
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-})
 DEEPSPEED_CONFIGS = ("zero2", "zero3")
 
 
@@ -61,7 +56,7 @@ def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1):
     """Pairs as a datasets.Dataset in TRL's conversational vision format, images decoded lazily."""
     from datasets import Dataset, Image, List
 
-    from visalign.rollout import user_message
+    from visalign.stages.rollout import user_message
 
     pairs = schema.read_rows(Path(pairs_dir) / schema.PAIRS_FILE)
     if not pairs:
@@ -191,7 +186,7 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText
 
-    from visalign import tracking
+    from visalign.infra import tracking
     from visalign.models import load_processor, local_dir
 
     report = StageReport("train")
@@ -254,7 +249,7 @@ def _trainer(params: TrainParams):
     from trl import DPOTrainer
 
     if "bco_pair" in params.loss_type and params.bco_delta:
-        from visalign.mpo_loss import trainer_class
+        from visalign.stages.mpo_loss import trainer_class
 
         return trainer_class()
     return DPOTrainer

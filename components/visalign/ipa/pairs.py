@@ -1,7 +1,7 @@
 """IPA, one round of verification and pairing (METHODS.md section 4).
 
-Every candidate of the round (visalign.ipa_collect) is judged against its seed's reference by the
-verifier (visalign.verify); a seed's pairs are (verified, rejected) combinations of its candidates,
+Every candidate of the round (visalign.ipa.collect) is judged against its seed's reference by the
+verifier (visalign.ipa.verify); a seed's pairs are (verified, rejected) combinations of its candidates,
 at most `ipa.max_pairs_per_prompt`, picked seeded at random. Each pair keeps both verdicts with
 their criteria and reasons in its provenance. Only a response the verifier judged and failed is a
 rejected answer: an unparseable or failed (endpoint error) verdict counts as unverified in the
@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema
-from visalign.filter import clean_text
-from visalign.ipa_collect import PENDING_FILE
+from visalign.stages.filter import clean_text
+from visalign.ipa.collect import PENDING_FILE
 from visalign.recipes import Recipe
 from visalign.report import StageReport, progress
-from visalign.rollout import open_images
+from visalign.stages.rollout import open_images
 from visalign.schema import Pair, Prompt, Response
-from visalign.verify import ERROR, REJECTED, VERIFIED, Verdict, Verifier, VerifyItem, verify
+from visalign.ipa.verify import ERROR, REJECTED, VERIFIED, Verdict, Verifier, VerifyItem, verify
 
 log = logging.getLogger(__name__)
 VERDICTS_FILE = "verdicts.jsonl"
@@ -149,7 +149,7 @@ def _check_outage(verdicts: dict[str, Verdict], verifier: Verifier, recipe: Reci
                   out: Path) -> None:
     """Fail the step when the verifier gave no answer for too many candidates: training on the few
     pairs left (or failing later with "no pairs") would hide the outage."""
-    from visalign.verify import ENV_KEY, ENV_MODEL, ENV_URL
+    from visalign.ipa.verify import ENV_KEY, ENV_MODEL, ENV_URL
 
     errors = Counter(v.reason for v in verdicts.values() if v.status == ERROR)
     n_errors, limit = sum(errors.values()), recipe.verify.max_error_share
@@ -285,11 +285,11 @@ def _read_rounds(state_dir: str | None) -> list[dict[str, Any]]:
 
 def build_verifier(recipe: Recipe, policy: str) -> Verifier:
     """The recipe's verifier; the local one runs the round's policy unless verify.model names another."""
-    from visalign import verify as v
+    from visalign.ipa import verify as v
 
     def engine(uri: str):
         from visalign.models import load_model
-        from visalign.rollout import HFEngine
+        from visalign.stages.rollout import HFEngine
 
         loaded = load_model(uri, dtype=recipe.rollout.dtype)
         return HFEngine(loaded.model, loaded.processor, batch_size=recipe.verify.batch_size,

@@ -3,7 +3,7 @@
 With train.num_nodes > 1 (or `train_launcher: trainjob` in the cluster settings) the pipeline's
 train step does not train in its own pod. It creates a TrainJob on the torch-distributed runtime
 with our CUDA image; the runtime starts one pod per node and torchrun (which reads the PET_*
-variables the runtime sets) runs `python -m visalign.trainjob` on every GPU: the same
+variables the runtime sets) runs `python -m visalign.stages.train_node` on every GPU: the same
 `train.run` as in one pod, DeepSpeed through TRL. The step waits with a deadline, logs a progress
 line whenever the job's state changes, fails with the job's reason, and deletes the job however
 the step ends (complete, failed, timed out, cancelled).
@@ -18,20 +18,18 @@ same node selector, tolerations, /dev/shm and credentials (secretKeyRef: names, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("visalign.trainjob")
+log = logging.getLogger("visalign.infra.trainjob")
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 ENV = "VISALIGN_TRAINJOB"
@@ -131,7 +129,7 @@ def manifest(*, name: str, namespace: str, config: JobConfig, num_nodes: int, ar
             "trainer": {
                 "image": config.image,
                 # torchrun takes nnodes, node rank and master address from the runtime's PET_* env
-                "command": ["torchrun", "-m", "visalign.trainjob"],
+                "command": ["torchrun", "-m", "visalign.stages.train_node"],
                 "args": list(args),
                 "env": _env(config),
                 "numNodes": int(num_nodes),
@@ -326,7 +324,7 @@ def run(*, pairs_uri: str, model: str, output_dir: str, output_uri: str, recipe:
         overrides: dict[str, Any], experiment: str, config: JobConfig | None = None, api: Any = None,
         namespace: str | None = None) -> dict[str, Any]:
     """Train `recipe` on the pairs as a TrainJob; the adapter lands in `output_dir` like a local run."""
-    from visalign import store
+    from visalign.infra import store
 
     config = config or JobConfig.from_env()
     if config is None:
@@ -355,50 +353,3 @@ def run(*, pairs_uri: str, model: str, output_dir: str, output_uri: str, recipe:
         "seconds": round(time.monotonic() - start, 1), "staging": staging, "final": progress_line(job)}
     report_path.write_text(json.dumps(report, indent=2))
     return report
-
-
-def worker(argv: list[str] | None = None) -> int:
-    """What torchrun runs on every GPU of every node: the ordinary train stage on synced inputs."""
-    from visalign import recipes, store, train
-
-    p = argparse.ArgumentParser(prog="python -m visalign.trainjob", description=worker.__doc__)
-    for flag in ("--pairs", "--model", "--output-uri", "--recipe", "--profile", "--experiment"):
-        p.add_argument(flag, required=True)
-    p.add_argument("--overrides", default="{}")
-    args = p.parse_args(argv)
-    recipe = recipes.load(args.recipe, args.profile, json.loads(args.overrides))
-    rank = int(os.environ.get("RANK", "0"))
-    if rank != 0:  # train.run logs params from every process: only rank 0 reports to the server
-        os.environ["MLFLOW_TRACKING_URI"] = Path(tempfile.mkdtemp(prefix="mlruns-")).as_uri()
-    # Every process of a node shares one download cache: fetch inputs one process at a time
-    # (the sync is idempotent, so the later ones find them in place).
-    with _node_lock(f"{tempfile.gettempdir()}/visalign-sync.lock"):
-        pairs_dir = store.local_path(args.pairs)
-        if store.is_s3(args.model):
-            store.local_path(args.model)  # train.run's own sync then finds it current
-    out = Path(tempfile.mkdtemp(prefix="visalign-adapter-"))
-    train.run(pairs_dir=str(pairs_dir), model=args.model, output_dir=str(out),
-              params=checkpoint_params(recipe.train, args.output_uri), recipe=recipe, experiment=args.experiment)
-    if rank == 0:
-        store.upload_dir(out, args.output_uri)
-        log.info("rank 0: adapter uploaded to %s", args.output_uri)
-    return 0
-
-
-@contextlib.contextmanager
-def _node_lock(path: str) -> Iterator[None]:
-    import fcntl
-
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-if __name__ == "__main__":
-    from visalign.report import setup_logging
-
-    setup_logging()
-    raise SystemExit(worker())

@@ -172,7 +172,7 @@ class LocalVerifier:
         return self._engine
 
     def judge(self, items: Sequence[VerifyItem], prompts: Sequence[str]) -> list[str | NoAnswer | None]:
-        from visalign.rollout import GenerationRequest
+        from visalign.stages.rollout import GenerationRequest
 
         requests = [GenerationRequest(id=it.id, images=it.images, question=p) for it, p in zip(items, prompts,
                                                                                              strict=True)]

@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 from visalign import schema
 from visalign.recipes import ComposeParams
 from visalign.report import StageReport, progress
-from visalign.rollout import IMAGE_MARKER  # where an image goes inside a prompt's text
+from visalign.stages.rollout import IMAGE_MARKER  # where an image goes inside a prompt's text
 from visalign.schema import Prompt
 
 log = logging.getLogger(__name__)
