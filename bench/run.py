@@ -55,13 +55,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"file://{tempfile.mkdtemp()}/mlruns")
 
     from visalign import schema
-    from visalign.stages import augment
-    from visalign.stages import rollout
-    from visalign.stages import sample
-    from visalign.stages import train
-    from visalign.stages import filter as filt
     from visalign.models import load_model
     from visalign.recipes import AugmentParams, FilterParams, RolloutParams, SampleParams, TrainParams
+    from visalign.stages import augment, rollout, sample, train
+    from visalign.stages import filter as filt
     from visalign.toyworld.model import build_tiny_vlm
 
     tmp = Path(tempfile.mkdtemp(prefix="visalign-bench-"))

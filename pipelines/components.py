@@ -39,8 +39,8 @@ def augment(prompts: Input[Dataset], recipe: str, profile: str, overrides: dict,
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"augment.diffusion_step": 500}.
     """
-    from visalign.stages import augment as stage
     from visalign import recipes
+    from visalign.stages import augment as stage
 
     r = recipes.load(recipe, profile, overrides)
     stage.run(prompts_dir=prompts.path, output_dir=views.path, params=r.augment)
@@ -79,8 +79,8 @@ def filter_pairs(prompts: Input[Dataset], responses: Input[Dataset], recipe: str
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"filter.target_count": 8000}.
     """
-    from visalign.stages import filter as stage
     from visalign import recipes
+    from visalign.stages import filter as stage
 
     r = recipes.load(recipe, profile, overrides)
     stage.run(prompts_dir=prompts.path, responses_dir=responses.path, output_dir=pairs.path, params=r.filter)
@@ -129,8 +129,8 @@ def evaluate(benchmarks: list[str], base_model: str, aligned: Input[Model], reci
     import json
     from pathlib import Path
 
-    from visalign.stages import evaluate as stage
     from visalign import recipes, schema
+    from visalign.stages import evaluate as stage
 
     r = recipes.load(recipe, profile, overrides)
     card = schema.read_model_card(aligned.path)
@@ -188,8 +188,8 @@ def ipa_collect(prompts: Input[Dataset], base_model: str, round_index: int, roun
         policy: The model trained after the previous round (rounds > 1).
         state: The previous round's pairs step output: which seeds are still without a pair.
     """
-    from visalign.ipa import collect as stage
     from visalign import recipes
+    from visalign.ipa import collect as stage
 
     if "ipa.rounds" in overrides and str(overrides["ipa.rounds"]) != str(rounds):
         raise recipes.ConfigError([f"overrides['ipa.rounds']={overrides['ipa.rounds']!r} disagrees with the pipeline "
@@ -222,8 +222,8 @@ def ipa_pairs(prompts: Input[Dataset], candidates: Input[Dataset], base_model: s
         policy: The model trained after the previous round (rounds > 1).
         state: The previous round's pairs step output (rounds > 1).
     """
-    from visalign.ipa import pairs as stage
     from visalign import recipes
+    from visalign.ipa import pairs as stage
 
     if "ipa.rounds" in overrides and str(overrides["ipa.rounds"]) != str(rounds):
         raise recipes.ConfigError([f"overrides['ipa.rounds']={overrides['ipa.rounds']!r} disagrees with the pipeline "
@@ -251,8 +251,8 @@ def compose(prompts: Input[Dataset], recipe: str, profile: str, overrides: dict,
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"compose.mix": "1,1,1"} or {"compose.cell_size": 336}.
     """
-    from visalign.mia_dpo import compose as stage
     from visalign import recipes
+    from visalign.mia_dpo import compose as stage
 
     r = recipes.load(recipe, profile, overrides)
     stage.run(prompts_dir=prompts.path, output_dir=composed.path, params=r.compose)
@@ -349,8 +349,8 @@ def mpo_pairs(prompts: Input[Dataset], responses: Input[Dataset], model: str, re
         profile: paper or toy.
         overrides: Recipe parameters to change, e.g. {"pairs.max_pairs_per_question": 15}.
     """
-    from visalign.mpo import pairs as stage
     from visalign import recipes
+    from visalign.mpo import pairs as stage
 
     r = recipes.load(recipe, profile, overrides)
     report = stage.run(prompts_dir=prompts.path, responses_dir=responses.path, output_dir=pairs.path,

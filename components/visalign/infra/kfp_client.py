@@ -22,6 +22,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -196,10 +198,16 @@ def upload(kfp_client: Any, irs: dict[str, Path], namespace: str | None = None) 
 
 
 def compile_pipelines(out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Compile every pipeline with this environment's image and cluster settings."""
-    from visalign_pipelines.compile import compile_all
+    """Compile every pipeline with this environment's image and cluster settings.
 
-    return {p.stem: p for p in compile_all(Path(out_dir))}
+    In a child process: the pipeline modules read their settings when imported, and the pipelines
+    package sits above this one (it imports the stages), so infra never imports it.
+    """
+    done = subprocess.run([sys.executable, "-m", "visalign_pipelines.compile", "--out-dir", str(out_dir)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling the pipelines failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return {p.stem: p for p in sorted(Path(out_dir).glob("*.yaml"))}
 
 
 def latest_version(kfp_client: Any, recipe: str) -> Uploaded:

@@ -34,8 +34,8 @@ from typing import Any
 from visalign import schema
 from visalign.recipes import IpaParams, Recipe
 from visalign.report import StageReport, progress
-from visalign.stages.rollout import CLEAN, GenerationRequest, open_images
 from visalign.schema import Prompt, Response
+from visalign.stages.rollout import CLEAN, GenerationRequest, open_images
 
 log = logging.getLogger(__name__)
 PENDING_FILE = "pending.jsonl"  # written by ipa_pairs: the seeds of the next round

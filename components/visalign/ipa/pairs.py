@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema
-from visalign.stages.filter import clean_text
 from visalign.ipa.collect import PENDING_FILE
+from visalign.ipa.verify import ERROR, REJECTED, VERIFIED, Verdict, Verifier, VerifyItem, verify
 from visalign.recipes import Recipe
 from visalign.report import StageReport, progress
-from visalign.stages.rollout import open_images
 from visalign.schema import Pair, Prompt, Response
-from visalign.ipa.verify import ERROR, REJECTED, VERIFIED, Verdict, Verifier, VerifyItem, verify
+from visalign.stages.filter import clean_text
+from visalign.stages.rollout import open_images
 
 log = logging.getLogger(__name__)
 VERDICTS_FILE = "verdicts.jsonl"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,8 @@ def display_names(compiled: str | os.PathLike | None = None) -> dict[str, str]:
     """Task name -> display name, over every DAG of the compiled ipa pipeline."""
     import yaml
 
-    if compiled is None:
-        from visalign_pipelines.compile import COMPILED_DIR
-
-        compiled = COMPILED_DIR / "ipa.yaml"
+    if compiled is None:  # the IR shipped with the pipelines package (read as data: it sits above this one)
+        compiled = str(resources.files("visalign_pipelines") / "compiled" / "ipa.yaml")
     spec = next(yaml.safe_load_all(Path(compiled).read_text()))
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
     return {name: task.get("taskInfo", {}).get("name", name) for dag in dags for name, task in dag["tasks"].items()}

@@ -35,8 +35,8 @@ from PIL import Image, ImageDraw, ImageFont
 from visalign import schema
 from visalign.recipes import ComposeParams
 from visalign.report import StageReport, progress
-from visalign.stages.rollout import IMAGE_MARKER  # where an image goes inside a prompt's text
 from visalign.schema import Prompt
+from visalign.stages.rollout import IMAGE_MARKER  # where an image goes inside a prompt's text
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from visalign import schema
 from visalign.mia_dpo import attention
-from visalign.stages.filter import clean_text
 from visalign.recipes import GRID_THRESHOLD_IMAGES, SEQUENCE_THRESHOLD_IMAGES, FilterParams, SelectParams
 from visalign.report import StageReport
 from visalign.schema import Pair, Prompt, Response
+from visalign.stages.filter import clean_text
 
 if TYPE_CHECKING:
     from visalign.recipes import Recipe

@@ -26,11 +26,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from visalign import schema
-from visalign.stages import correctness
 from visalign.recipes import MpoPairsParams
 from visalign.report import StageReport
-from visalign.stages.rollout import CLEAN, GenerationEngine, GenerationRequest, render_question
 from visalign.schema import Pair, Prompt, Response
+from visalign.stages import correctness
+from visalign.stages.rollout import CLEAN, GenerationEngine, GenerationRequest, render_question
 
 log = logging.getLogger(__name__)
 

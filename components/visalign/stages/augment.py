@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from visalign import recipes, schema
-from visalign.stages.augment_pixel import PIXEL_RECIPES
 from visalign.recipes import AugmentParams
 from visalign.report import StageReport, progress
+from visalign.stages.augment_pixel import PIXEL_RECIPES
 
 if TYPE_CHECKING:  # torch is imported lazily: recipes.validate imports this module for its names
     import torch

@@ -19,8 +19,8 @@ from pathlib import Path
 from visalign import schema
 from visalign.recipes import FilterParams
 from visalign.report import StageReport
-from visalign.stages.rollout import CLEAN
 from visalign.schema import Pair, Prompt, Response
+from visalign.stages.rollout import CLEAN
 
 log = logging.getLogger(__name__)
 
