@@ -15,11 +15,10 @@ import mlflow
 import pytest
 
 from visalign import schema
-from visalign.stages import evaluate
-from visalign.stages import register
 from visalign.infra import store
 from visalign.recipes import EvaluateParams, RegisterParams
 from visalign.report import read_report
+from visalign.stages import evaluate, register
 from visalign.stages.rollout import GenerationResult
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,7 @@ import mlflow
 import pytest
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from visalign.infra import store
-from visalign.infra import tracking
+from visalign.infra import store, tracking
 
 
 def test_flatten_and_metric_keys():

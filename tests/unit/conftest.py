@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
-COLOURS = ["red", "green", "blue", "yellow"]
-CORPUS = ["What colour is the circle?", "Is there a red circle?", "How many shapes are there?",
-          "yes", "no", "1", "2", "3"] + COLOURS
+# The unit tests sit in one folder per package (stages/, mia_dpo/, ...); their shared helpers
+# (assets.py, verifier_standin.py) sit here.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from assets import COLOURS, CORPUS, draw  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -18,12 +20,6 @@ def tiny_model(tmp_path_factory) -> Path:
     from visalign.toyworld.model import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny_model"), CORPUS * 5, seed=0)
-
-
-def draw(colour: str, size: int = 64) -> Image.Image:
-    im = Image.new("RGB", (size, size), "white")
-    ImageDraw.Draw(im).ellipse((10, 10, 40, 40), fill=colour)
-    return im
 
 
 @pytest.fixture

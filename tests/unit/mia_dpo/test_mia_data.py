@@ -6,10 +6,10 @@ import json
 import pytest
 
 from visalign import schema
-from visalign.stages import train
 from visalign.recipes import EvaluateParams, TrainParams
-from visalign.stages.rollout import user_content
 from visalign.schema import Pair
+from visalign.stages import train
+from visalign.stages.rollout import user_content
 
 SEQ = "Image1: <image>\nImage2: <image>\nImage3: <image>\nIn Image2, what colour is the circle?"
 
@@ -26,7 +26,7 @@ def test_image_markers_become_interleaved_chat_parts():
 
 @pytest.fixture
 def multi_pairs(tmp_path):
-    from conftest import COLOURS, draw
+    from assets import COLOURS, draw
 
     d = tmp_path / "pairs"
     (d / "images").mkdir(parents=True)
@@ -94,8 +94,8 @@ def test_train_refuses_a_max_length_that_cuts_image_tokens_before_training(tiny_
 
 
 def test_multi_image_benchmarks_are_vlmevalkit_rows_evaluate_reads(tmp_path):
-    from visalign.stages import evaluate
     from visalign.report import StageReport
+    from visalign.stages import evaluate
     from visalign.toyworld import build_world, check_disjoint, read_tsv
 
     info = build_world(tmp_path / "w", seed=3, num_seed_images=20, num_train_images=20, num_bench_images=12)

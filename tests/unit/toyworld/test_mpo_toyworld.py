@@ -5,9 +5,8 @@ import json
 
 import pytest
 
-from visalign.stages import correctness
-from visalign.stages import evaluate
 from visalign.report import StageReport
+from visalign.stages import correctness, evaluate
 from visalign.toyworld import steps
 from visalign.toyworld import world as W
 

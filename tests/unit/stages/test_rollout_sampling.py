@@ -4,9 +4,8 @@ continuation from an assistant prefix (MPO; IPA builds on it)."""
 import pytest
 
 from visalign import recipes, schema
-from visalign.stages import rollout
-from visalign.stages import sample
 from visalign.recipes import RolloutParams, SampleParams
+from visalign.stages import rollout, sample
 
 SAMPLING = dict(do_sample=True, temperature=1.5, top_k=0, top_p=1.0)
 

@@ -10,8 +10,8 @@ from verifier_standin import StandInEndpoint
 
 from visalign import recipes
 from visalign.ipa import verify
-from visalign.recipes import VerifyParams
 from visalign.ipa.verify import CRITERIA, EndpointVerifier, LocalVerifier, VerifyItem, parse_verdict
+from visalign.recipes import VerifyParams
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -5,8 +5,8 @@ import random
 import pytest
 from PIL import Image
 
-from visalign.mia_dpo import compose as mi
 from visalign import schema
+from visalign.mia_dpo import compose as mi
 from visalign.recipes import ComposeParams
 from visalign.schema import Prompt
 

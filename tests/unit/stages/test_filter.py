@@ -1,7 +1,7 @@
-from visalign.stages import filter as filt
 from visalign import schema
 from visalign.recipes import FilterParams
 from visalign.schema import Prompt, Response
+from visalign.stages import filter as filt
 
 
 def _setup(tmp_path, answers):

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from visalign import schema
-from visalign.stages import train
 from visalign.recipes import TrainParams
 from visalign.schema import Pair
+from visalign.stages import train
 
 TOY = dict(lora_r=8, lora_alpha=16, learning_rate=2e-3, per_device_batch_size=4, gradient_accumulation_steps=1,
            max_length=128, deepspeed=None, gradient_checkpointing=False, warmup_ratio=0.0, data_repeats=2)
@@ -13,7 +13,7 @@ TOY = dict(lora_r=8, lora_alpha=16, learning_rate=2e-3, per_device_batch_size=4,
 
 @pytest.fixture
 def pairs_dir(tmp_path):
-    from conftest import COLOURS, draw
+    from assets import COLOURS, draw
 
     d = tmp_path / "pairs"
     (d / "images").mkdir(parents=True)

@@ -12,6 +12,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from visalign import schema
+from visalign.recipes import EvaluateParams
+from visalign.report import StageReport, read_report
+from visalign.schema import Prediction
 from visalign.stages import evaluate
 from visalign.stages.evaluate import (
     BenchRow,
@@ -22,10 +25,7 @@ from visalign.stages.evaluate import (
     pope_metrics,
     pope_read,
 )
-from visalign.recipes import EvaluateParams
-from visalign.report import StageReport, read_report
 from visalign.stages.rollout import GenerationResult
-from visalign.schema import Prediction
 
 COLOURS = ["red", "green", "blue", "yellow"]
 

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from visalign import schema
-from visalign.stages import augment
-from visalign.stages.augment_pixel import AUTOAUGMENT_OPS, IMAGENET_POLICY, PIXEL_RECIPES, rrc_box
 from visalign.recipes import AugmentParams
 from visalign.report import read_report
+from visalign.stages import augment
+from visalign.stages.augment_pixel import AUTOAUGMENT_OPS, IMAGENET_POLICY, PIXEL_RECIPES, rrc_box
 
 PIXEL_NAMES = sorted(PIXEL_RECIPES)
 
@@ -152,6 +152,13 @@ def test_registry_lists_every_augmentation_once_with_its_space():
     assert all(a.name == n and a.description for n, a in augment.AUGMENTATIONS.items())
 
 
+def test_recipes_validate_against_the_same_names_as_the_registry():
+    """recipes/registry.py lists the names for validation (recipes import no stage); they must match."""
+    from visalign.recipes.registry import AUGMENTATION_NAMES
+
+    assert sorted(AUGMENTATION_NAMES) == sorted(augment.AUGMENTATIONS)
+
+
 def test_unknown_name_lists_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match="unknown augmentation 'cutout'.*diffusion"):
         augment.get("cutout")
@@ -260,7 +267,6 @@ def test_run_drops_a_prompt_without_images_and_rejects_bad_params(tmp_path):
 
 
 def test_cli_runs_the_stage(tmp_path):
-    pytest.importorskip("visalign.stages.train", reason="recipes.validate needs visalign.stages.train.LOSS_TYPES")
     from visalign.cli import main
 
     make_prompts(tmp_path / "in", corrupt=False)

@@ -3,11 +3,11 @@ import io
 import json
 
 import pytest
+from assets import draw
 
-from conftest import draw
 from visalign import schema
-from visalign.stages import sample
 from visalign.recipes import SampleParams
+from visalign.stages import sample
 
 
 def test_picks_seeded_capped_and_stripped(llava_seeds, tmp_path):

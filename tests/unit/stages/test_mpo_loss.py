@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from visalign import schema
-from visalign.stages import mpo_loss
-from visalign.stages import train
 from visalign.recipes import TrainParams
 from visalign.schema import Pair
+from visalign.stages import mpo_loss, train
 
 BETA, WEIGHTS = 0.1, (0.8, 0.2, 1.0)
 MPO = ("sigmoid", "bco_pair", "sft")
@@ -73,9 +72,9 @@ def test_without_delta_bco_equals_trls_unshifted_form():
 
 @pytest.fixture
 def trainer_parts(tiny_model, tmp_path):
+    from assets import COLOURS, draw
     from transformers import AutoModelForImageTextToText
 
-    from conftest import COLOURS, draw
     from visalign.models import load_processor
 
     d = tmp_path / "pairs"

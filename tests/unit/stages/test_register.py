@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from visalign import schema
-from visalign.stages import register
 from visalign.recipes import RegisterParams
+from visalign.stages import register
 from visalign.stages.register import CHALLENGER, CHAMPION, MetricNotFound, decide
 
 PARAMS = RegisterParams(model_name="m", target_metric="pope/f1", guard_metrics=("mc/accuracy",),

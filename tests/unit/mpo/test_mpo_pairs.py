@@ -5,12 +5,10 @@ import json
 import pytest
 
 from visalign import schema
-from visalign.stages import correctness
 from visalign.mpo import pairs as mpo_pairs
-from visalign.stages import rollout
-from visalign.stages import sample
 from visalign.recipes import MpoPairsParams, SampleParams
 from visalign.schema import Prompt, Response
+from visalign.stages import correctness, rollout, sample
 
 
 @pytest.mark.parametrize("text, answer, problem", [
@@ -51,7 +49,7 @@ def test_scorers():
 def _write(d, prompts, responses):
     d.mkdir(parents=True, exist_ok=True)
     (d / "images").mkdir(exist_ok=True)
-    from conftest import draw
+    from assets import draw
 
     for p in prompts:
         for im in p.images:
@@ -177,7 +175,7 @@ def test_unknown_given_answer_type_goes_through_sample_and_is_dropped_by_pairs(t
     import base64
     import io
 
-    from conftest import draw
+    from assets import draw
 
     buf = io.BytesIO()
     draw("red").save(buf, format="PNG")

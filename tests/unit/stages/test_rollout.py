@@ -1,10 +1,8 @@
 import pytest
 
 from visalign import schema
-from visalign.stages import augment
-from visalign.stages import rollout
-from visalign.stages import sample
 from visalign.recipes import AugmentParams, RolloutParams, SampleParams
+from visalign.stages import augment, rollout, sample
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from verifier_standin import StandInEndpoint
 from visalign import recipes, schema
 from visalign.ipa import collect as ipa_collect
 from visalign.ipa import pairs as ipa_pairs
-from visalign.stages import sample
 from visalign.ipa.collect import PENDING_FILE, REVISED
-from visalign.recipes import SampleParams
-from visalign.stages.rollout import CLEAN, HFEngine, open_images
-from visalign.schema import Response
 from visalign.ipa.verify import EndpointVerifier
+from visalign.recipes import SampleParams
+from visalign.schema import Response
+from visalign.stages import sample
+from visalign.stages.rollout import CLEAN, HFEngine, open_images
 
 VIEWS = [CLEAN, "noise", "blur", "scale"]
 
@@ -279,8 +279,8 @@ def test_toy_verification_examples_teach_verdicts_the_parser_reads():
     import random
     import re
 
-    from visalign.toyworld.ipa_sft import _format_examples, answer_kind
     from visalign.ipa.verify import parse_verdict
+    from visalign.toyworld.ipa_sft import _format_examples, answer_kind
 
     entry = {"conversations": [{"value": "<image>\nWhat colour is the circle?"}, {"value": "red"}]}
     rng, seen = random.Random(0), set()
