@@ -5,7 +5,7 @@ verifier here is the endpoint backend pointed at a local HTTP stand-in for an Op
 endpoint (tests/unit/verifier_standin.py). Its verdict is a deterministic function of the
 response text, not a judgement: this test checks the wiring of the rounds (pending seeds, trained
 policy, merged pairs, final training), not the quality of a verifier. The local verifier is
-covered by tests/unit/test_verify.py and the demo.
+covered by tests/unit/ipa/test_verify.py and the demo.
 """
 
 import hashlib

@@ -12,7 +12,7 @@ from typing import Any
 from visalign.recipes.params import IPA_MAX_ROUNDS, Recipe
 
 # The toy model's byte-level BPE knows only the toy world's words, so its templates are short; the
-# toy verify template is also the one toyworld's verification SFT examples use (toyworld/verify_sft.py).
+# toy verify template is also the one toyworld's verification SFT examples use (toyworld/ipa_sft.py).
 IPA_TOY_FEEDBACK_PROMPT = "{question}\nAnswer: {response}\nFeedback:"
 IPA_TOY_REFERENCE_FEEDBACK_PROMPT = "{question}\nAnswer: {response}\nReference: {reference}\nFeedback:"
 IPA_TOY_REFINE_PROMPT = "{question}\nAnswer: {response}\nFeedback: {feedback}"

@@ -7,8 +7,8 @@ from visalign.recipes import ipa, mia_dpo, mpo, seva
 from visalign.recipes.params import ConfigError, Recipe, RolloutParams
 from visalign.recipes.registry import LOSS_TYPES, PROMPT_TEMPLATES
 
-# A paper's rules hold for every recipe (any recipe may, e.g., ask for bco_pair), as they did
-# before the profiles were split; the map's keys are the recipe names.
+# Recipe name -> its profile module. A paper's rules hold for every recipe: any recipe may use a
+# paper's parameters (e.g. ask for bco_pair with MPO's delta), so every recipe is checked by all.
 PAPERS = {"seva": seva, "mia-dpo": mia_dpo, "mpo": mpo, "ipa": ipa}
 
 
