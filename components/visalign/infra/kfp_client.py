@@ -33,7 +33,7 @@ from typing import Any
 
 from visalign.recipes import ConfigError
 
-log = logging.getLogger("visalign.infra.kfp_client")
+log = logging.getLogger(__name__)
 
 PIPELINE_PREFIX = "visalign-"
 HOST_ENV = "KF_PIPELINES_ENDPOINT"  # kfp.Client's own variable

@@ -38,7 +38,7 @@ from visalign.infra.stack_settings import (
     env,
 )
 
-log = logging.getLogger("visalign.infra.stack")
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 120.0  # MLflow answers /health after ~10-20 s on a small CPU machine
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL for the whole process group

@@ -31,7 +31,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-log = logging.getLogger("visalign.infra.store")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_ATTEMPTS = 5  # tries per call, the first included

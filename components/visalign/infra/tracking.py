@@ -17,7 +17,7 @@ from typing import Any
 import mlflow
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-log = logging.getLogger("visalign.infra.tracking")
+log = logging.getLogger(__name__)
 
 
 def tracking_uri() -> str:

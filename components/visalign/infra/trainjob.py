@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("visalign.infra.trainjob")
+log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 ENV = "VISALIGN_TRAINJOB"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from visalign.recipes.params import IPA_MAX_ROUNDS, Recipe
+from visalign.recipes.params import IPA_MAX_ROUNDS, TOY_TRAIN, Recipe
 
 # The toy model's byte-level BPE knows only the toy world's words, so its templates are short; the
 # toy verify template is also the one toyworld's verification SFT examples use (toyworld/ipa_sft.py).
@@ -46,15 +46,8 @@ TOY: dict[str, Any] = {
     "verify.batch_size": 32,
     "train.data_repeats": 1,
     "train.num_epochs": 2.0,
-    "train.lora_r": 16,
-    "train.lora_alpha": 32,
-    "train.learning_rate": 5e-4,
-    "train.warmup_ratio": 0.1,
-    "train.per_device_batch_size": 8,
-    "train.gradient_accumulation_steps": 1,
+    **TOY_TRAIN,
     "train.max_length": 160,
-    "train.deepspeed": None,
-    "train.gradient_checkpointing": False,
     "evaluate.batch_size": 64,
     "evaluate.max_new_tokens": 8,
     "register.model_name": "visalign-ipa-toy",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from visalign.recipes.params import GRID_THRESHOLD_IMAGES, SEQUENCE_THRESHOLD_IMAGES, Recipe
+from visalign.recipes.params import GRID_THRESHOLD_IMAGES, SEQUENCE_THRESHOLD_IMAGES, TOY_TRAIN, Recipe
 
 # MIA-DPO: reference answers are the chosen side; sigmoid DPO, LoRA r128/a256, lr 5e-5 linear,
 # warmup 0.1, ZeRO-2, 3 epochs, no repeats; global batch 64 = 1 per device x 8 accumulated x 8 GPUs.
@@ -21,7 +21,7 @@ PAPER: dict[str, Any] = {
     "register.model_name": "visalign-mia-dpo",
 }
 
-# Scaled down for toyworld's tiny model on two CPU cores (as every TOY profile).
+# Scaled down for toyworld's tiny model on two CPU cores.
 TOY: dict[str, Any] = {
     "sample.num_prompts": 240,
     "compose.cell_size": 64,
@@ -29,16 +29,9 @@ TOY: dict[str, Any] = {
     "rollout.batch_size": 16,
     "rollout.max_new_tokens": 8,
     "select.max_length_ratio": 8.0,
-    "train.lora_r": 16,
-    "train.lora_alpha": 32,
-    "train.learning_rate": 5e-4,
-    "train.warmup_ratio": 0.1,
-    "train.per_device_batch_size": 8,
-    "train.gradient_accumulation_steps": 1,
+    **TOY_TRAIN,
     "train.max_length": 400,
     "train.num_epochs": 2.0,
-    "train.deepspeed": None,
-    "train.gradient_checkpointing": False,
     "evaluate.batch_size": 32,
     "evaluate.max_new_tokens": 8,
     "register.model_name": "visalign-mia-dpo-toy",

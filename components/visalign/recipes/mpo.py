@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from visalign.recipes.params import Recipe
+from visalign.recipes.params import TOY_TRAIN, Recipe
 from visalign.recipes.registry import MPO_LOSS_TYPES
 
 # MPO (InternVL2-8B): 32 CoT samples per question at temperature 0.7 / top-k 50; loss 0.8 DPO + 0.2 BCO-pair
@@ -32,16 +32,9 @@ TOY: dict[str, Any] = {
     "rollout.temperature": 1.0,
     "pairs.dropout_max_new_tokens": 16,
     "pairs.batch_size": 32,
-    "train.lora_r": 16,
-    "train.lora_alpha": 32,
-    "train.learning_rate": 5e-4,
-    "train.warmup_ratio": 0.1,
+    **TOY_TRAIN,
     "train.weight_decay": 0.0,
-    "train.per_device_batch_size": 8,
-    "train.gradient_accumulation_steps": 1,
     "train.max_length": 160,
-    "train.deepspeed": None,
-    "train.gradient_checkpointing": False,
     "evaluate.batch_size": 64,
     "evaluate.max_new_tokens": 24,
     "register.model_name": "visalign-mpo-toy",

@@ -9,26 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from visalign.recipes.params import Recipe
+from visalign.recipes.params import TOY_TRAIN, Recipe
 from visalign.recipes.registry import AUGMENTATION_NAMES
 
 PAPER: dict[str, Any] = {}
 
-# Scaled down for toyworld's tiny model on two CPU cores: a few hundred prompts, one-token
-# answers, a small LoRA and a learning rate that moves a 150k-parameter model in minutes.
+# Scaled down for toyworld's tiny model on two CPU cores: a few hundred prompts, one-token answers.
 TOY: dict[str, Any] = {
     "sample.num_prompts": 240,
     "rollout.batch_size": 32,
     "rollout.max_new_tokens": 8,
-    "train.lora_r": 16,
-    "train.lora_alpha": 32,
-    "train.learning_rate": 5e-4,
-    "train.warmup_ratio": 0.1,
-    "train.per_device_batch_size": 8,
-    "train.gradient_accumulation_steps": 1,
+    **TOY_TRAIN,
     "train.max_length": 128,
-    "train.deepspeed": None,
-    "train.gradient_checkpointing": False,
     "evaluate.batch_size": 64,
     "evaluate.max_new_tokens": 8,
     "register.model_name": "visalign-seva-toy",
