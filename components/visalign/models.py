@@ -7,6 +7,8 @@ about a particular architecture.
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -55,10 +57,83 @@ def pick_dtype(name: str, device: str):
             "float32": torch.float32, "fp32": torch.float32}[name]
 
 
+# Extras a family's processor imports at run time, and the optional dependency group that installs them.
+FAMILY_EXTRAS = {"num2words": "families"}
+
+
+class _NoVideoProcessor:
+    """Stands where a processor loaded without its video processor reads that part's settings
+    (SmolVLM's apply_chat_template reads num_frames and fps even for images): None, no videos."""
+
+    num_frames = None
+    fps = None
+
+
+def processor_without_video(cls: type) -> type:
+    """`cls` with its video_processor part removed: transformers derives a processor's parts from the
+    parameters of its __init__, so a subclass whose __init__ lacks video_processor loads (and saves)
+    the image processor and tokenizer only. Its name stays cls's, so what it saves loads as cls."""
+    # from_pretrained passes a processor's settings (image_seq_len, num_image_tokens, ...) only when
+    # they are named parameters of __init__ (it reads __init__.__code__), so the subclass's __init__ is
+    # written out with every parameter of cls's but video_processor.
+    params = [p for name, p in inspect.signature(cls.__init__).parameters.items()
+              if name not in ("self", "video_processor") and p.kind is p.POSITIONAL_OR_KEYWORD]
+    defaults = {p.name: None if p.default is p.empty else p.default for p in params}
+    names = [p.name for p in params]
+    source = (f"def __init__(self, {', '.join(f'{n}=_defaults[{n!r}]' for n in names)}, **kwargs):\n"
+              f"    _cls.__init__(self, video_processor=None, {', '.join(f'{n}={n}' for n in names)}, **kwargs)\n"
+              "    self.video_processor = _NoVideoProcessor()\n")
+    namespace = {"_cls": cls, "_defaults": defaults, "_NoVideoProcessor": _NoVideoProcessor}
+    exec(source, namespace)  # noqa: S102 - the source above, built from cls's own parameter names
+    return type(cls.__name__, (cls,), {"__init__": namespace["__init__"], "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
+
+
+def _processor_class(path: Path) -> type | None:
+    import transformers
+
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        file = path / name
+        if file.exists():
+            cls_name = json.loads(file.read_text()).get("processor_class")
+            if cls_name:
+                return getattr(transformers, cls_name, None)
+    return None
+
+
+def _missing_extra(error: BaseException) -> str | None:
+    return next((pkg for pkg in FAMILY_EXTRAS if pkg in str(error)), None)
+
+
 def load_processor(path: Path):
+    """AutoProcessor, or, when a part other than the image processor and tokenizer cannot load (the
+    video processor needs torchvision, which CPU machines may lack), the processor without it and a
+    warning: image work does not need it. An extra the family needs is named with its install line."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(path)
+    path = Path(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ImportError, AttributeError, ValueError) as e:
+        if pkg := _missing_extra(e):
+            raise ImportError(f"{path}: the processor needs {pkg!r}: pip install 'visalign[{FAMILY_EXTRAS[pkg]}]' "
+                              f"({e})") from e
+        cls = _processor_class(path)
+        if getattr(cls, "is_dummy", False):  # transformers' placeholder for a class whose backend is absent
+            raise RuntimeError(f"{path}: {cls.__name__} cannot be built here ({e}); install the torchvision "
+                               "build that matches torch") from e
+        if cls is None or "video_processor" not in getattr(cls, "get_attributes", list)():
+            raise RuntimeError(f"{path}: cannot load the processor ({type(e).__name__}: {e})") from e
+        try:
+            processor = processor_without_video(cls).from_pretrained(path)
+        except ImportError as e2:
+            if pkg := _missing_extra(e2):
+                raise ImportError(f"{path}: the processor needs {pkg!r}: pip install "
+                                  f"'visalign[{FAMILY_EXTRAS[pkg]}]' ({e2})") from e2
+            raise
+        log.warning("%s: loaded %s without its video processor, which failed to load (%s: %s); images work, "
+                    "videos do not. Install the torchvision build that matches torch to load it whole.",
+                    path, cls.__name__, type(e).__name__, str(e).splitlines()[0][:200])
     # Batched generation appends new tokens on the right, so prompts are padded on the left.
     processor.tokenizer.padding_side = "left"
     return processor

@@ -3,7 +3,7 @@
 Layers, lowest first; a module imports only from its own layer or below:
   0 contract   visalign.schema, visalign.report, visalign.recipes (recipes import nothing else of visalign)
   1 infra      visalign.infra
-  2 models     visalign.models
+  2 models     visalign.models, visalign.image_layout
   3 stages     visalign.stages
   4 papers     visalign.mia_dpo, visalign.mpo, visalign.ipa (never each other)
   5 entry      visalign.toyworld, visalign.cli, visalign.demo
@@ -22,7 +22,7 @@ PAPERS = ("visalign.mia_dpo", "visalign.mpo", "visalign.ipa")
 LAYERS = [
     ("visalign.schema", "visalign.report", "visalign.recipes"),
     ("visalign.infra",),
-    ("visalign.models",),
+    ("visalign.models", "visalign.image_layout"),
     ("visalign.stages",),
     PAPERS,
     ("visalign.toyworld", "visalign.cli", "visalign.demo"),

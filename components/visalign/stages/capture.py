@@ -12,18 +12,17 @@ every step (layers x heads x query x key per step: for LLaVA-1.5-7B's ~600-token
 prompt, 32 x 32 x 600^2 fp32 = 1.5 GB for the prefill alone, growing with each image); here the
 extra memory is one batch x key row per step for one layer, and nothing is kept but the sums.
 
-Image token spans come from the processor's output: runs of the processor's image token id in
-input_ids, never model-specific offsets. One run per image (LLaVA, Qwen2-VL, InternVL), or several
-when the processor's output says how many tiles each image has (num_patches / image_num_patches,
-e.g. Aya Vision); anything else is an error: tiling processors give different images different
-tile counts, so an equal share of the runs would hand one image's tokens to another.
+Which prompt tokens belong to which image comes from visalign.image_layout (the processor's outputs
+and the model config's image token id, checked against each other), for every family it knows:
+one run per image, tiles with row tokens between them, one block for all images.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
+
+from visalign.image_layout import ImageLayout
 
 CAPTURE_IMPLEMENTATION = "visalign_attention_capture"
 _ACTIVE: dict[int, Capture] = {}  # id(attention module) -> the capture session hooked on it
@@ -33,72 +32,6 @@ _registered = False
 def perplexity(mean_max_logprob: float) -> float:
     """exp(-mean log max-softmax) over the generated tokens (MIA-DPO's confidence filter)."""
     return math.exp(-mean_max_logprob)
-
-
-# ---- image token spans from the processor's output ----------------------------------------------
-
-def image_token_id(processor: Any) -> int:
-    tid = getattr(processor, "image_token_id", None)
-    if tid is None:
-        token = getattr(processor, "image_token", None) or getattr(processor.tokenizer, "image_token", None)
-        tid = processor.tokenizer.convert_tokens_to_ids(token) if token else None
-    if tid is None:
-        raise ValueError(f"{type(processor).__name__}: no image_token_id or image_token; cannot find image spans")
-    return int(tid)
-
-
-# Processor outputs that give each image's tile count (one run of image tokens per tile).
-RUN_COUNT_KEYS = ("num_patches", "image_num_patches")
-
-
-def runs_per_image(enc: Any) -> list[int] | None:
-    """Each image's tile count from the processor's output, in image order; None when it gives none."""
-    for key in RUN_COUNT_KEYS:
-        counts = enc.get(key)
-        if counts is not None:
-            return [int(c) for c in (counts.tolist() if hasattr(counts, "tolist") else counts)]
-    return None
-
-
-def _runs(ids: Sequence[int], token_id: int) -> list[tuple[int, int]]:
-    runs, start = [], None
-    for i, t in enumerate([*ids, None]):
-        if t == token_id and start is None:
-            start = i
-        elif t != token_id and start is not None:
-            runs.append((start, i))
-            start = None
-    return runs
-
-
-def image_spans(ids: Sequence[int], token_id: int, num_images: int, counts: Sequence[int] | None = None,
-                who: str = "the processor") -> list[list[tuple[int, int]]]:
-    """Per image, its [start, end) runs of `token_id` in one row's input_ids.
-
-    `counts` (runs_per_image) splits the runs by each image's tile count when they add up; else each
-    image must have exactly one run. Anything else is an error, never a guess.
-    """
-    runs = _runs(ids, token_id)
-    if counts is not None and len(counts) == num_images and sum(counts) == len(runs):
-        bounds = [sum(counts[:i]) for i in range(num_images + 1)]
-        return [runs[bounds[i]:bounds[i + 1]] for i in range(num_images)]
-    if num_images and len(runs) == num_images:
-        return [[r] for r in runs]
-    told = f"per-image tile counts {list(counts)}" if counts is not None else \
-        f"no per-image tile count in the processor output ({' / '.join(RUN_COUNT_KEYS)})"
-    raise ValueError(f"{who}: found {len(runs)} runs of image token {token_id} for {num_images} images and {told}; "
-                     "cannot tell which tokens belong to which image. Attention capture supports one run per image "
-                     "(LLaVA, Qwen2-VL, InternVL) or processors that report each image's tiles")
-
-
-def token_grid(num_tokens: int, grid_thw: Sequence[int] | None = None, merge: int = 1) -> list[int] | None:
-    """(rows, columns) of an image's token map: from the processor's image_grid_thw when it gives
-    one (Qwen2-VL: patches merged merge x merge), else square maps (LLaVA, CLIP towers); None if unknown."""
-    if grid_thw is not None:
-        h, w = int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
-        return [h, w] if h * w == num_tokens else None
-    side = math.isqrt(num_tokens)
-    return [side, side] if side * side == num_tokens else None
 
 
 # ---- the capture --------------------------------------------------------------------------------
@@ -157,30 +90,20 @@ def enable(model: Any) -> None:
 class Capture:
     """One generate() call's capture: a logits processor (pass it to generate) plus the layer hook.
 
-        with Capture(model, layer, enc, num_images, token_id, eos_ids) as cap:
+        with Capture(model, layer, enc, image_layout.layout(enc, processor, model.config, num_images), eos_ids) as cap:
             model.generate(**enc, logits_processor=LogitsProcessorList([cap]))
         cap.results()  # one dict per row
     """
 
-    def __init__(self, model: Any, layer: int | None, enc: Any, num_images: Sequence[int], token_id: int,
-                 eos_ids: set[int], merge: int = 1):
+    def __init__(self, model: Any, layer: int | None, enc: Any, layout: ImageLayout, eos_ids: set[int]):
         import torch
 
         self.module, self.layer = decoder_attention(model, layer)
         ids = enc["input_ids"]
         self.prompt_len = ids.shape[1]
-        self.spans = self._spans(ids.tolist(), enc, num_images, token_id, type(model).__name__)
-        thw = enc.get("image_grid_thw")
-        thw = thw.tolist() if thw is not None else None
-        self.grids, k = [], 0
-        for spans in self.spans:
-            row_grids = []
-            for runs in spans:
-                n_tok = sum(e - s for s, e in runs)
-                # a tiled image has no single token map: its grid is unknown (grid/pic-in-pic refuse it)
-                row_grids.append(token_grid(n_tok, thw[k] if thw else None, merge) if len(runs) == 1 else None)
-                k += 1
-            self.grids.append(row_grids)
+        # per row, per image: its [start, end) runs of image tokens (tiled images have several)
+        self.spans = [[layout.runs(b, i) for i in range(len(row))] for b, row in enumerate(layout.tokens)]
+        self.grids = layout.grids  # a tiled image has no single token map: None (grid/pic-in-pic refuse it)
         batch, device = ids.shape[0], ids.device
         # generation_config.eos_token_id may be None: only real ids go into the stop set
         self.eos = torch.tensor(sorted(i for i in eos_ids if i is not None), dtype=torch.long, device=device)
@@ -189,17 +112,6 @@ class Capture:
         self.logprob_sum = torch.zeros(batch, dtype=torch.float32, device=device)
         self.tokens = torch.zeros(batch, dtype=torch.float32, device=device)
         self.pending = None  # the hooked layer's weights of the step whose logits come next
-
-    @staticmethod
-    def _spans(rows: list[list[int]], enc: Any, num_images: Sequence[int], token_id: int,
-               who: str) -> list[list[list[tuple[int, int]]]]:
-        """image_spans per row; the processor's tile counts (flat over the batch's images) split by row."""
-        counts, k, spans = runs_per_image(enc), 0, []
-        for r, n in zip(rows, num_images, strict=True):
-            row_counts = counts[k:k + n] if counts is not None else None
-            spans.append(image_spans(r, token_id, n, row_counts, who) if n else [])
-            k += n
-        return spans
 
     def __enter__(self) -> Capture:
         _ACTIVE[id(self.module)] = self

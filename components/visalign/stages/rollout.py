@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from visalign import schema
+from visalign import image_layout, schema
 from visalign.recipes import RolloutParams
 from visalign.recipes.registry import PROMPT_TEMPLATES
 from visalign.report import StageReport, progress
@@ -139,18 +139,33 @@ class HFEngine:
         return self.processor.apply_chat_template(messages + [turn], continue_final_message=True)
 
     def _encode(self, batch: Sequence[GenerationRequest]):
+        """One processor call for the batch, images passed per prompt (as TRL's collator passes them:
+        a flat list lets some processors pair images with the wrong prompt or encode them otherwise);
+        tensor-space views replayed on exactly their own images' pixels (visalign.image_layout)."""
         texts = [self._prompt_text(r) for r in batch]
-        images = [im for r in batch for im in r.images]
-        enc = self.processor(images=images or None, text=texts, padding=True, return_tensors="pt")
-        if "pixel_values" in enc and any(r.pixel_transform for r in batch):
-            # pixel_values stacks every request's images in order; transform each request's slice.
-            start = 0
-            for r in batch:
-                n = len(r.images)
+        images = [list(r.images) for r in batch] if any(r.images for r in batch) else None
+        enc = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+        layout = None
+        if "pixel_values" in enc and (self.capture_attention or any(r.pixel_transform for r in batch)):
+            layout = image_layout.layout(enc, self.processor, self.model.config, [len(r.images) for r in batch])
+            for b, r in enumerate(batch):
                 if r.pixel_transform is not None:
-                    enc["pixel_values"][start:start + n] = r.pixel_transform(enc["pixel_values"][start:start + n])
-                start += n
-        return enc
+                    regions = [idx for image in layout.regions[b] for idx in image]
+                    flat = image_layout.gather(enc["pixel_values"], regions)
+                    image_layout.scatter(enc["pixel_values"], regions, r.pixel_transform(flat))
+        return enc, layout
+
+    def _batches(self, requests: Sequence[GenerationRequest]):
+        """Indices of batches of batch_size; one holding prompts with and without images is split in two
+        (a processor takes images for every prompt of a call or for none), each part in request order."""
+        for i in range(0, len(requests), self.batch_size):
+            batch = list(range(i, min(i + self.batch_size, len(requests))))
+            with_images = [k for k in batch if requests[k].images]
+            if with_images and len(with_images) < len(batch):
+                yield with_images
+                yield [k for k in batch if not requests[k].images]
+            else:
+                yield batch
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         import torch
@@ -158,13 +173,14 @@ class HFEngine:
         tok = self.processor.tokenizer
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
-        results = []
-        for i in range(0, len(requests), self.batch_size):
-            batch = requests[i:i + self.batch_size]
-            enc = self._encode(batch).to(self.model.device)
+        results: dict[int, GenerationResult] = {}
+        for positions in self._batches(requests):
+            batch = [requests[k] for k in positions]
+            enc, layout = self._encode(batch)
+            enc = enc.to(self.model.device)
             if "pixel_values" in enc:
                 enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-            capture = self._capture(enc, batch, eos_ids)
+            capture = self._capture(enc, layout, eos_ids)
             # fork_rng: seeding for this batch leaves the caller's random state alone.
             devices = [self.model.device] if self.model.device.type == "cuda" else []
             with torch.inference_mode(), capture or contextlib.nullcontext(), torch.random.fork_rng(devices):
@@ -174,25 +190,25 @@ class HFEngine:
                                           **({"logits_processor": [capture]} if capture else {}))
             new = out[:, enc["input_ids"].shape[1]:].tolist()
             captured = capture.results() if capture else [None] * len(batch)
-            for r, ids, cap in zip(batch, new, captured, strict=True):
-                stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+            for k, r, ids, cap in zip(positions, batch, new, captured, strict=True):
+                stop = next((j for j, t in enumerate(ids) if t in eos_ids), None)
                 kept = ids if stop is None else ids[:stop + 1]
                 text = tok.decode(kept, skip_special_tokens=True)
                 # A continuation keeps its leading whitespace: it may end the prefix's last word.
                 text = text.rstrip() if r.assistant_prefix else text.strip()
-                results.append(GenerationResult(
+                results[k] = GenerationResult(
                     id=r.id, text=text,
-                    num_tokens=len(kept), finish_reason="length" if stop is None else "eos", capture=cap))
-        return results
+                    num_tokens=len(kept), finish_reason="length" if stop is None else "eos", capture=cap)
+        return [results[k] for k in range(len(requests))]
 
-    def _capture(self, enc: Any, batch: Sequence[GenerationRequest], eos_ids: set[int]):
+    def _capture(self, enc: Any, layout: image_layout.ImageLayout | None, eos_ids: set[int]):
         if not self.capture_attention:
             return None
         from visalign.stages import capture
 
-        merge = getattr(self.processor.image_processor, "merge_size", 1) if hasattr(self.processor, "image_processor") else 1
-        return capture.Capture(self.model, self.attention_layer, enc, [len(r.images) for r in batch],
-                               capture.image_token_id(self.processor), eos_ids, merge=merge)
+        if layout is None:  # no images in this batch: nothing to attend to, perplexity still recorded
+            layout = image_layout.layout(enc, self.processor, self.model.config, [0] * enc["input_ids"].shape[0])
+        return capture.Capture(self.model, self.attention_layer, enc, layout, eos_ids)
 
 
 def build_engine(name: str, model: Any, processor: Any, params: RolloutParams) -> GenerationEngine:

@@ -99,7 +99,9 @@ def _row_lengths(row: dict[str, Any], processor: Any) -> tuple[int, int]:
            "chosen": prepare_multimodal_messages(row["chosen"]), "rejected": prepare_multimodal_messages(row["rejected"])}
     text = apply_chat_template(row, processor)
     prompt = processor(images=[row["images"]], text=[text["prompt"]], add_special_tokens=False)["input_ids"][0]
-    answers = processor(text=[text["chosen"], text["rejected"]], add_special_tokens=False)["input_ids"]
+    # the tokenizer alone: some processors refuse text without images (PaliGemma) or return tensors that
+    # answers of unequal length cannot fill (Pixtral); an answer holds no image tokens either way
+    answers = [processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text["chosen"], text["rejected"])]
     return len(prompt), max(len(a) for a in answers)
 
 
@@ -124,6 +126,47 @@ def check_max_length(pairs_dir: str | os.PathLike, dataset: Any, pairs: list, pr
         if prompt + answer > max_length:
             log.warning("train: pair %s: answers are cut at train.max_length=%d (%d tokens needed)", pairs[i].id,
                         max_length, prompt + answer)
+
+
+# Processors whose model reads token_type_ids 0 as a bidirectional prefix and that refuse text alone.
+PREFIX_LM_PROCESSORS = ("PaliGemmaProcessor",)
+
+
+class _TextAloneToTokenizer:
+    """The processor, except that a call without images goes to its tokenizer (with token_type_ids,
+    which TRL's collator joins to the prompt's)."""
+
+    def __init__(self, processor: Any):
+        self._processor = processor
+
+    def __call__(self, images=None, text=None, **kwargs):
+        if images is None:
+            return self._processor.tokenizer(text, return_token_type_ids=True, **kwargs)
+        return self._processor(images=images, text=text, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._processor, name)
+
+
+def preference_collator(processor: Any, max_length: int | None):
+    """TRL's vision preference collator, or, for PaliGemma, a subclass of it: PaliGemma's processor
+    refuses the text-only calls TRL makes for the answers, and its model attends bidirectionally over
+    every token_type_ids == 0 position, so answers tokenised as text (type 0) would each see the
+    tokens after them. The subclass tokenises answers with the tokenizer, marks them type 1 (as
+    PaliGemma's own suffix= does) and drops the prompt-only labels its processor adds. None: TRL's own."""
+    if type(processor).__name__ not in PREFIX_LM_PROCESSORS:
+        return None
+    import torch
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    class PrefixLMVisionPreferenceCollator(DataCollatorForVisionPreference):
+        def torch_call(self, examples):
+            out = super().torch_call(examples)
+            out.pop("labels", None)
+            out["token_type_ids"] = torch.where(out["completion_mask"].bool(), 1, out["token_type_ids"])
+            return out
+
+    return PrefixLMVisionPreferenceCollator(processor=_TextAloneToTokenizer(processor), max_length=max_length)
 
 
 def _single_process_env(use_deepspeed: bool) -> None:
@@ -212,7 +255,8 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
                                   "base_model": str(model), "pairs": len(pairs)})
         curve = _loss_curve_callback(mlrun.info.run_id)
         trainer = _trainer(params)(model=policy, args=_dpo_config(params, ckpt_dir, bf16), train_dataset=dataset,
-                                   processing_class=processor, peft_config=peft_config, callbacks=[curve])
+                                   processing_class=processor, peft_config=peft_config, callbacks=[curve],
+                                   data_collator=preference_collator(processor, params.max_length))
         log.info("train: %d pairs x %d repeats, %s, resume=%s", len(pairs), params.data_repeats,
                  f"LoRA r={params.lora_r}" if peft_config else "full", resume)
         try:

@@ -1,40 +1,16 @@
-"""Attention capture during generation, against transformers' own eager attentions; image token spans."""
+"""Attention capture during generation, against transformers' own eager attentions."""
 
 import math
 
 import pytest
 from PIL import Image, ImageDraw
 
+from visalign import image_layout
 from visalign.stages import capture
 
 
-def test_image_spans_and_token_grid_from_processor_output():
-    ids = [0, 9, 9, 9, 9, 1, 9, 9, 9, 9, 2]
-    assert capture.image_spans(ids, 9, 2) == [[(1, 5)], [(6, 10)]]
-    with pytest.raises(ValueError, match="2 runs of image token 9 for 3 images"):
-        capture.image_spans(ids, 9, 3)
-    assert capture.token_grid(64) == [8, 8] and capture.token_grid(60) is None
-    assert capture.token_grid(16, grid_thw=[1, 8, 8], merge=2) == [4, 4]
+def test_perplexity_is_the_exp_of_minus_the_mean_max_logprob():
     assert capture.perplexity(math.log(0.5)) == pytest.approx(2.0)
-
-
-def test_several_runs_per_image_only_with_the_processors_tile_counts():
-    # 4 runs for 2 images: image 1 has one tile, image 2 three; an equal share (2 + 2) would be wrong
-    ids = [9, 0, 9, 1, 9, 2, 9]
-    runs = [(0, 1), (2, 3), (4, 5), (6, 7)]
-    assert capture.image_spans(ids, 9, 2, counts=[1, 3]) == [runs[:1], runs[1:]]
-    assert capture.image_spans(ids, 9, 2, counts=[3, 1]) == [runs[:3], runs[3:]]
-    with pytest.raises(ValueError, match="TinyVLM: found 4 runs of image token 9 for 2 images and no per-image tile "
-                                         "count in the processor output"):
-        capture.image_spans(ids, 9, 2, who="TinyVLM")
-    with pytest.raises(ValueError, match=r"per-image tile counts \[1, 1\]"):
-        capture.image_spans(ids, 9, 2, counts=[1, 1])
-    assert capture.image_spans([9, 9, 0, 9], 9, 2, counts=[3, 4]) == [[(0, 2)], [(3, 4)]]  # one run each still holds
-    assert capture.runs_per_image({"num_patches": [1, 3]}) == [1, 3]
-    assert capture.runs_per_image({"input_ids": [[0]]}) is None
-    # the batch's flat tile counts are split by row; a tiled image has no single token map (grid None)
-    spans = capture.Capture._spans([[9, 0, 9, 0], [9, 9, 0, 0]], {"image_num_patches": [2, 1]}, [1, 1], 9, "m")
-    assert spans == [[[(0, 1), (2, 3)]], [[(0, 2)]]]
 
 
 def test_softcap_attention_is_refused_on_the_hooked_layer():
@@ -52,7 +28,8 @@ def test_an_eos_id_of_none_is_left_out_of_the_stop_set(tiny_model):
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model)
-    cap = capture.Capture(model, 1, {"input_ids": torch.tensor([[1, 2, 3]])}, [0], 9, {None, 2})
+    enc = {"input_ids": torch.tensor([[1, 2, 3]])}
+    cap = capture.Capture(model, 1, enc, image_layout.layout(enc, None, model.config, [0]), {None, 2})
     assert cap.eos.tolist() == [2]
     cap(torch.tensor([[1, 2, 3]]), torch.zeros(1, 5))  # the first generated token is booked
     cap(torch.tensor([[1, 2, 3, 2]]), torch.zeros(1, 5))  # it was eos (2): the row has ended
@@ -93,7 +70,8 @@ def test_capture_matches_eager_output_attentions_in_a_padded_batch(tiny_model):
             else len(generated)
         rows = [out.attentions[s][1][0].mean(0)[0, :prompt_len] for s in range(1, n)]  # prefill excluded
         mean = torch.stack(rows).mean(0)
-        spans = capture.image_spans(enc["input_ids"][0].tolist(), model.config.image_token_id, len(req.images))
+        layout = image_layout.layout(enc, processor, model.config, [len(req.images)])
+        spans = [layout.runs(0, i) for i in range(len(req.images))]
         want = [[float(mean[i]) for s, e in runs for i in range(s, e)] for runs in spans]
         got = res.capture["attention"]
         assert got["layer"] == 1 and got["rows"] == n - 1 and got["grids"] == [[8, 8]] * len(req.images)

@@ -59,7 +59,7 @@ def test_diffusion_view_is_replayed_on_the_processor_tensor(tiny_model, prompts_
     prompt = next(p for p in schema.read_rows(pdir / schema.PROMPTS_FILE) if p.id == view.prompt_id)
     engine = rollout.HFEngine(loaded.model, loaded.processor, batch_size=2, max_new_tokens=2)
     clean, noisy = rollout._requests_for(prompt, view, str(pdir), str(vdir))
-    enc = engine._encode([clean, noisy])
+    enc, _ = engine._encode([clean, noisy])
     expected = augment.apply_to_pixel_values(enc["pixel_values"][:1].clone(), view)
     assert not enc["pixel_values"][0].equal(enc["pixel_values"][1])
     assert enc["pixel_values"][1:].allclose(expected)

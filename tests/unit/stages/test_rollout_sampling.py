@@ -60,7 +60,7 @@ def test_assistant_prefix_is_continued_and_not_repeated(loaded, prompts):
     engine = rollout.HFEngine(loaded.model, loaded.processor, batch_size=2, max_new_tokens=4)
     plain = rollout.GenerationRequest(id="a", images=[], question=p.question)
     prefixed = rollout.GenerationRequest(id="b", images=[], question=p.question, assistant_prefix="yellow")
-    enc = engine._encode([plain, prefixed])
+    enc, _ = engine._encode([plain, prefixed])
     tok = loaded.processor.tokenizer
     texts = tok.batch_decode(enc["input_ids"], skip_special_tokens=False)
     # the tiny template's assistant turn is "ASSISTANT: <answer></s>": the prefix sits after its space
@@ -75,7 +75,7 @@ def test_assistant_prefix_is_continued_and_not_repeated(loaded, prompts):
             for w in ("red", "yellow", "There are", "no")]
     outs = [engine.generate([r])[0].text for r in reqs]
     for r, text in zip(reqs, outs, strict=True):
-        one = engine._encode([r])
+        one, _ = engine._encode([r])
         with torch.inference_mode():
             ids = loaded.model.generate(**one, do_sample=False, max_new_tokens=4, pad_token_id=tok.pad_token_id)
         assert text == tok.decode(ids[0, one["input_ids"].shape[1]:], skip_special_tokens=True).rstrip()
@@ -93,7 +93,7 @@ def test_prefixed_prompt_tokenises_as_the_training_sequence(loaded, prompts, wit
     answer = "red  circle, at the top"
     prefix = answer[:len("red  circle,")]  # whitespace as written
     engine = rollout.HFEngine(loaded.model, loaded.processor, batch_size=1, max_new_tokens=2)
-    ours = engine._encode([rollout.GenerationRequest(id="x", images=images, question=p.question,
+    ours, _ = engine._encode([rollout.GenerationRequest(id="x", images=images, question=p.question,
                                                      assistant_prefix=prefix)])["input_ids"][0].tolist()
     turn = lambda text: [{"role": "assistant", "content": [{"type": "text", "text": text}]}]  # noqa: E731
     rendered = apply_chat_template({"prompt": rollout.user_message(p.question, len(images)), "chosen": turn(answer),
