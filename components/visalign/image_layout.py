@@ -27,6 +27,7 @@ processor.image_token_id is the <start_of_image> placeholder instead).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,10 +46,17 @@ def image_token_id(config: Any) -> int:
 
 @dataclass
 class ImageLayout:
+    kind: str  # which layout, and whose processor: named in errors that depend on it
     tokens: list[list[list[int]]]  # per prompt, per image: positions of its image tokens in input_ids
     regions: list[list[list[Index]]]  # per prompt, per image: indices of its pixel_values regions
     tiles: list[list[int]]  # per prompt, per image: how many tiles (or crops) encode it
-    grids: list[list[list[int] | None]]  # per prompt, per image: (rows, cols) of its token map if one map
+    grids: list[list[list[int] | None]]  # per prompt, per image: (rows, cols) of its token map, None if unknown
+    # per prompt, per image: which of its tokens (indices into tokens[b][i]) make the grid, row-major;
+    # None: all of them, in order (one map). Idefics3's tiles join into one map without the global view.
+    grid_order: list[list[list[int] | None]] | None = None
+
+    def order(self, row: int, image: int) -> list[int] | None:
+        return self.grid_order[row][image] if self.grid_order is not None else None
 
     def runs(self, row: int, image: int) -> list[tuple[int, int]]:
         """The image's token positions as [start, end) runs."""
@@ -93,7 +101,8 @@ def layout(enc: Any, processor: Any, config: Any, num_images: Sequence[int]) -> 
     if len(ids) != len(num_images):
         raise ValueError(f"{who}: {len(ids)} encoded prompts for {len(num_images)} image lists")
     if pv is None or not sum(num_images):
-        return ImageLayout([[] for _ in ids], [[] for _ in ids], [[] for _ in ids], [[] for _ in ids])
+        return ImageLayout(f"no images ({who})", [[] for _ in ids], [[] for _ in ids], [[] for _ in ids],
+                           [[] for _ in ids])
     if "image_grid_thw" in enc:
         return _grid_thw(enc, processor, ids, token_id, num_images, who)
     if "pixel_attention_mask" in enc and pv.dim() == 5:
@@ -129,7 +138,7 @@ def _fixed_tiles(enc, ids, token_id, num_images, who) -> ImageLayout:
         raise ValueError(f"{who}: {total_tokens} image tokens over {pv.shape[0]} pixel_values rows: not a whole "
                          "number per row")
     per_tile = total_tokens // pv.shape[0]
-    out = ImageLayout([], [], [], [])
+    out = ImageLayout(f"fixed-size tiles ({who})", [], [], [], [])
     k = 0
     for row, n in zip(ids, num_images, strict=True):
         runs = _runs(row, token_id)
@@ -161,7 +170,7 @@ def _grid_thw(enc, processor, ids, token_id, num_images, who) -> ImageLayout:
     merge = int(getattr(processor.image_processor, "merge_size", 1))
     if len(thw) != sum(num_images):
         raise ValueError(f"{who}: image_grid_thw has {len(thw)} images, the prompts {sum(num_images)}")
-    out = ImageLayout([], [], [], [])
+    out = ImageLayout(f"image_grid_thw patches ({who})", [], [], [], [])
     k, start = 0, 0
     for row, n in zip(ids, num_images, strict=True):
         grids = thw[k:k + n]
@@ -183,10 +192,11 @@ def _row_tiles(enc, processor, ids, token_id, num_images, who) -> ImageLayout:
     tokens each), the last being the global view after <global-img>; tiles are padded to the batch's
     largest H and W, pixel_attention_mask says which pixels are real."""
     mask = enc["pixel_attention_mask"]
+    row_cols = _row_col_tokens(processor.tokenizer)
     global_id = getattr(processor, "global_image_token_id", None)
     if global_id is None:
         global_id = processor.tokenizer.convert_tokens_to_ids("<global-img>")
-    out = ImageLayout([], [], [], [])
+    out = ImageLayout(f"row/column tiles ({who})", [], [], [], [], grid_order=[])
     for b, (row, n) in enumerate(zip(ids, num_images, strict=True)):
         runs = _runs(row, token_id)
         images: list[list[list[int]]] = [[]]
@@ -213,8 +223,39 @@ def _row_tiles(enc, processor, ids, token_id, num_images, who) -> ImageLayout:
                              f"{int(mask[b].flatten(1).any(dim=1).sum())} real ones")
         out.regions.append(regions)
         out.tiles.append(tiles)
-        out.grids.append([_square(len(im[0])) if len(im) == 1 else None for im in images])
+        maps = [_tile_map(row, im, row_cols) for im in images]
+        out.grids.append([m[0] for m in maps])
+        out.grid_order.append([m[1] for m in maps])
     return out
+
+
+def _row_col_tokens(tokenizer: Any) -> dict[int, tuple[int, int]]:
+    """Idefics3's tile tokens: id of <row_r_col_c> -> (r, c), 1-based."""
+    out = {}
+    for token, tid in tokenizer.get_vocab().items():
+        m = re.fullmatch(r"<row_(\d+)_col_(\d+)>", token)
+        if m:
+            out[tid] = (int(m.group(1)), int(m.group(2)))
+    return out
+
+
+def _tile_map(row: list[int], runs: list[list[int]], row_cols: dict[int, tuple[int, int]]):
+    """(grid, order) of one Idefics3 image: its global view alone is one square map; split into tiles,
+    the tiles (each marked by its <row_r_col_c> token) join into one map of rows*s x cols*s tokens,
+    the global view left out. (None, None) when the tiles do not form a full square-tiled grid."""
+    if len(runs) == 1:
+        return _square(len(runs[0])), None
+    side = _square(len(runs[0]))
+    places = [row_cols.get(row[run[0] - 1]) for run in runs[:-1]]  # the last run is the global view
+    if side is None or None in places or any(len(run) != len(runs[0]) for run in runs):
+        return None, None
+    s = side[0]
+    rows, cols = max(r for r, _ in places), max(c for _, c in places)
+    if sorted(places) != [(r, c) for r in range(1, rows + 1) for c in range(1, cols + 1)]:
+        return None, None
+    start = {place: k * s * s for k, place in enumerate(places)}  # offsets in the image's token list
+    order = [start[(gr // s + 1, gc // s + 1)] + (gr % s) * s + gc % s for gr in range(rows * s) for gc in range(cols * s)]
+    return [rows * s, cols * s], order
 
 
 def _anyres(enc, config, ids, token_id, num_images, who) -> ImageLayout:
@@ -225,7 +266,7 @@ def _anyres(enc, config, ids, token_id, num_images, who) -> ImageLayout:
 
     sizes = _tolist(enc["image_sizes"])
     several = "batch_num_images" in enc  # OneVision's processor marks it
-    out = ImageLayout([], [], [], [])
+    out = ImageLayout(f"anyres tiles ({who})", [], [], [], [])
     k = 0
     for row, n in zip(ids, num_images, strict=True):
         out.tokens.append(_one_run_each(row, token_id, n, who))
@@ -245,7 +286,7 @@ def _padded_canvas(enc, processor, config, ids, token_id, num_images, who) -> Im
     sizes = _tolist(enc["image_sizes"])
     patch = int(getattr(processor, "patch_size", None) or config.vision_config.patch_size)
     merge = int(getattr(processor, "spatial_merge_size", None) or getattr(config, "spatial_merge_size", 1))
-    out = ImageLayout([], [], [], [])
+    out = ImageLayout(f"padded canvas ({who})", [], [], [], [])
     k = 0
     for row, n in zip(ids, num_images, strict=True):
         grids = [[h // (patch * merge), w // (patch * merge)] for h, w in sizes[k:k + n]]

@@ -120,10 +120,12 @@ def load_processor(path: Path):
                               f"({e})") from e
         cls = _processor_class(path)
         if getattr(cls, "is_dummy", False):  # transformers' placeholder for a class whose backend is absent
-            raise RuntimeError(f"{path}: {cls.__name__} cannot be built here ({e}); install the torchvision "
-                               "build that matches torch") from e
+            raise RuntimeError(f"{path}: {cls.__name__} cannot be built here: transformers gates it on a backend "
+                               "that is not installed (torchvision); install the torchvision build that matches "
+                               "torch (constraints.txt pins it)") from e
         if cls is None or "video_processor" not in getattr(cls, "get_attributes", list)():
-            raise RuntimeError(f"{path}: cannot load the processor ({type(e).__name__}: {e})") from e
+            raise RuntimeError(f"{path}: cannot load the processor ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())})") from e
         try:
             processor = processor_without_video(cls).from_pretrained(path)
         except ImportError as e2:

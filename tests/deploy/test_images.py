@@ -75,3 +75,12 @@ def test_image_names_agree_across_makefile_chart_and_pipelines():
     makefile = (ROOT / "Makefile").read_text()
     for repo in (values["image"]["repository"], values["pipelines"]["image"]["repository"]):
         assert repo.rsplit("/", 1)[1] + ":$(IMAGE_TAG)" in makefile
+
+
+def test_cuda_image_installs_the_torchvision_built_for_its_torch_and_the_family_extras():
+    cuda = DOCKERFILES["cuda"].read_text()
+    assert re.search(r'pip install -c constraints\.txt "\.\[families\]" torchvision', cuda)
+    pins = dict(re.findall(r"^([\w-]+)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M))
+    torch_minor = int(pins["torch"].split(".")[1])
+    assert pins["torchvision"].startswith(f"0.{torch_minor + 15}."), "torchvision 0.(N+15) is built for torch 2.N"
+    assert '"num2words"' in (ROOT / "pyproject.toml").read_text().split("families = ", 1)[1].splitlines()[0]

@@ -5,8 +5,9 @@ For each family: it loads through models.load_model; batched rollout equals one 
 (texts and last-step logits), single- and multi-image prompts; attention capture finds as many
 tokens per image as the model has image features, and the same values in every batch layout; the
 diffusion replay changes exactly its own request's image pixels, identically in every batch layout;
-two DPO steps train an adapter that reloads; evaluate scores a benchmark. Each test records its
-outcome in SUPPORT, which test_readme_support_table checks the README's table against.
+two DPO steps train an adapter that reloads; evaluate scores a benchmark. The README's "Model
+support" table is what these tests hold each family to: a "yes" cell must pass, a "no" must fail
+with a clear error, and its rows must be the families built here.
 """
 
 from __future__ import annotations
@@ -27,6 +28,34 @@ from visalign.stages.rollout import GenerationRequest, HFEngine
 
 NAMES = list(FAMILIES)
 README = Path(__file__).resolve().parents[2] / "README.md"
+COLUMNS = ("load", "rollout", "SeVa replay", "attention capture", "MIA-DPO grid / pic-in-pic", "train", "evaluate")
+
+
+def support_table() -> dict[str, dict[str, bool]]:
+    """README's model support table: family -> column -> supported."""
+    section = README.read_text().split("## Model support", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert tuple(header[1:]) == COLUMNS, f"README model support columns {header[1:]} != {COLUMNS}"
+    table = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert all(c in ("yes", "no") for c in cells[1:]), f"README support row {line!r}: cells are yes or no"
+        table[cells[0].strip("`")] = {col: c == "yes" for col, c in zip(COLUMNS, cells[1:], strict=True)}
+    return table
+
+
+SUPPORT = support_table()
+
+
+def supported(name: str, column: str) -> bool:
+    return SUPPORT[name][column]
+
+
+def claimed(name: str, column: str) -> None:
+    """A test that shows a stage working: the README must claim it (a "no" there needs a test that
+    expects the stage's clear error instead)."""
+    assert supported(name, column), f"README says {name} does not support {column!r}, yet the suite checks it works"
 
 
 def _img(colour: str, size: tuple[int, int]) -> Image.Image:
@@ -63,6 +92,8 @@ def test_load_generate_and_batch_equals_one_at_a_time(family):
     import torch
 
     name, _, loaded = family
+    claimed(name, "load")  # the family fixture loaded it through models.load_model
+    claimed(name, "rollout")
     requests = _requests()
     batched = _engine(loaded, 4).generate(requests)
     alone = [_engine(loaded, 1).generate([r])[0] for r in requests]
@@ -96,6 +127,7 @@ def test_capture_counts_each_images_features_and_is_layout_independent(family):
     import torch
 
     name, _, loaded = family
+    claimed(name, "attention capture")
     requests = _requests()
     engine = _engine(loaded, 1)
     for r in requests:
@@ -131,6 +163,7 @@ def test_diffusion_replay_changes_exactly_the_requests_own_image_pixels(family):
     import torch
 
     name, _, loaded = family
+    claimed(name, "SeVa replay")
     requests = _requests()
     engine = _engine(loaded, 4)
     clean, _ = engine._encode(requests)
@@ -180,6 +213,7 @@ def test_two_dpo_steps_then_the_adapter_reloads_and_generates(family, pairs_dir,
     from visalign.stages import train
 
     name, path, _ = family
+    claimed(name, "train")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     params = TrainParams(lora_r=4, lora_alpha=8, learning_rate=1e-3, per_device_batch_size=2,
@@ -206,6 +240,7 @@ def test_evaluate_scores_a_benchmark(family, tmp_path, monkeypatch):
     from visalign.stages import evaluate
 
     name, path, _ = family
+    claimed(name, "evaluate")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     benches = [str(pope_tsv(tmp_path / "toy_pope.tsv")), str(mc_tsv(tmp_path / "toy_mc.tsv"))]
     evaluate.run(benchmarks=benches, models={"base": str(path)}, output_dir=str(tmp_path / "eval"),
@@ -216,9 +251,7 @@ def test_evaluate_scores_a_benchmark(family, tmp_path, monkeypatch):
 
 
 def test_readme_support_table_names_every_family():
-    table = README.read_text().split("## Model support", 1)[1].split("\n## ", 1)[0]
-    rows = {m.group(1) for m in re.finditer(r"^\| `(\w+)` ", table, flags=re.M)}
-    assert rows == set(NAMES), f"README model support table rows {sorted(rows)} != suite families {NAMES}"
+    assert set(SUPPORT) == set(NAMES), f"README model support rows {sorted(SUPPORT)} != suite families {NAMES}"
 
 
 def test_paligemma_answers_are_causal_suffix_tokens_in_training(pairs_dir, tmp_path):
@@ -233,3 +266,80 @@ def test_paligemma_answers_are_causal_suffix_tokens_in_training(pairs_dir, tmp_p
     assert "labels" not in out and answer.any()
     assert (out["token_type_ids"][answer] == 1).all() and (out["token_type_ids"][real & ~answer] == 0).all()
     assert train.preference_collator(load_processor(build("llava", tmp_path / "llava")), 512) is None  # TRL's own
+
+
+def test_mia_dpo_grid_ratios_need_a_token_map_of_known_geometry(family):
+    """Grid and pic-in-pic ratios read the image's tokens as a map over the canvas: every single-image
+    prompt's layout gives one (rows x cols = its tokens, or its joined tiles), or select refuses grid
+    prompts naming the layout."""
+    from visalign.mia_dpo.select import attention_ratio
+    from visalign.schema import Prompt
+
+    name, _, loaded = family
+    singles = [r for r in _requests() if len(r.images) == 1]
+    results = _engine(loaded, 4, capture_attention=True, attention_layer=1).generate(singles)
+    known = []
+    for r, res in zip(singles, results, strict=True):
+        att = res.capture["attention"]
+        grid, order = att["grids"][0], (att.get("grid_order") or [None])[0]
+        width, height = r.images[0].size
+        meta = {"format": "grid", "canvas": [width, height], "target": 1,
+                "cells": [[0, 0, width / 2, height], [width / 2, 0, width, height]]}
+        prompt = Prompt(id=r.id, images=["x.png"], question=r.question, source="t", source_row="0", meta=meta)
+        if grid is None:
+            with pytest.raises(ValueError, match=re.escape(att["layout"]) + ".*compose sequence prompts only"):
+                attention_ratio(prompt, res.capture)
+            known.append(False)
+            continue
+        assert grid[0] * grid[1] == len(order if order is not None else att["images"][0])
+        from visalign.mia_dpo.attention import CanvasMismatch
+
+        try:
+            ratio = attention_ratio(prompt, res.capture)
+        except CanvasMismatch:  # a centre-cropping processor on a non-square canvas: refused, as it should be
+            continue
+        assert 0.0 <= ratio <= 1.0
+        known.append(True)
+    assert all(known) == supported(name, "MIA-DPO grid / pic-in-pic"), f"{name}: grid known per image {known}"
+
+
+NO_TORCHVISION = pytest.mark.skipif(__import__("importlib.util").util.find_spec("torchvision") is not None,
+                                    reason="with torchvision the whole processor loads")
+
+
+@NO_TORCHVISION
+def test_a_processor_whose_video_part_cannot_load_loads_without_it_and_says_why(tmp_path, caplog):
+    from visalign.models import load_processor
+
+    path = build("qwen2_vl", tmp_path / "q")
+    with caplog.at_level("WARNING", logger="visalign.models"):
+        processor = load_processor(path)
+    assert "without its video processor" in caplog.text and "torchvision" in caplog.text
+    assert type(processor).__name__ == "Qwen2VLProcessor" and processor.image_processor is not None
+    processor.save_pretrained(tmp_path / "again")  # saves as the family's class, loads the same way again
+    assert type(load_processor(tmp_path / "again")).__name__ == "Qwen2VLProcessor"
+
+
+@NO_TORCHVISION
+def test_a_processor_class_that_needs_torchvision_is_named(tmp_path):
+    import json
+
+    from visalign.models import load_processor
+
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "PixtralProcessor"}))
+    with pytest.raises(RuntimeError, match="PixtralProcessor cannot be built here.*torchvision"):
+        load_processor(tmp_path)
+
+
+def test_a_missing_family_extra_is_named_with_its_install_line(tmp_path, monkeypatch):
+    import transformers
+
+    from visalign.models import load_processor
+
+    def refuse(*args, **kwargs):  # what SmolVLMProcessor raises where num2words is not installed
+        raise ImportError("Package `num2words` is required to run SmolVLM processor. Install it with `pip install "
+                          "num2words`.")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", refuse)
+    with pytest.raises(ImportError, match=re.escape("pip install 'visalign[families]'")):
+        load_processor(tmp_path)

@@ -71,11 +71,16 @@ def attention_ratio(prompt: Prompt, capture: dict[str, Any]) -> float:
     if fmt == "sequence":
         return attention.sequence_ratio(images, int(meta["target"]))
     if not grids or grids[0] is None:
-        raise ValueError("the image's token map has no known grid shape")
+        raise ValueError(f"{att.get('layout') or 'this processor'}: the image's tokens form no token map whose geometry "
+                         "is known (tiles or anyres crops in an arrangement the processor does not report), so grid "
+                         "and pic-in-pic cells cannot be mapped to tokens; compose sequence prompts only "
+                         "(compose.formats and compose.mix) for this model family")
+    order = (att.get("grid_order") or [None])[0]
+    on_map = [images[0][k] for k in order] if order is not None else images[0]  # tiles joined into one map
     if fmt == "grid":
-        return attention.grid_ratio(images[0], grids[0], meta["canvas"], meta["cells"], int(meta["target"]))
+        return attention.grid_ratio(on_map, grids[0], meta["canvas"], meta["cells"], int(meta["target"]))
     if fmt == "pic_in_pic":
-        return attention.region_ratio(images[0], grids[0], meta["canvas"], meta["centre_box"])
+        return attention.region_ratio(on_map, grids[0], meta["canvas"], meta["centre_box"])
     raise ValueError(f"prompt meta 'format'={fmt!r}: not a composed prompt (run the compose stage first)")
 
 

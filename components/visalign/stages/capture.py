@@ -103,7 +103,9 @@ class Capture:
         self.prompt_len = ids.shape[1]
         # per row, per image: its [start, end) runs of image tokens (tiled images have several)
         self.spans = [[layout.runs(b, i) for i in range(len(row))] for b, row in enumerate(layout.tokens)]
-        self.grids = layout.grids  # a tiled image has no single token map: None (grid/pic-in-pic refuse it)
+        self.grids = layout.grids  # an image's token map (rows, cols); None if unknown (grid/pic-in-pic refuse it)
+        self.grid_order = [[layout.order(b, i) for i in range(len(row))] for b, row in enumerate(layout.tokens)]
+        self.layout_kind = layout.kind
         batch, device = ids.shape[0], ids.device
         # generation_config.eos_token_id may be None: only real ids go into the stop set
         self.eos = torch.tensor(sorted(i for i in eos_ids if i is not None), dtype=torch.long, device=device)
@@ -159,7 +161,10 @@ class Capture:
             images = [[round(mean[i], 8) for s, e in runs for i in range(s, e)] for runs in spans] if mean else None
             tokens = float(self.tokens[b])
             mlp = float(self.logprob_sum[b] / tokens) if tokens else None
-            out.append({"attention": {"layer": self.layer, "rows": int(rows), "images": images,
-                                      "grids": self.grids[b]},
+            attention = {"layer": self.layer, "rows": int(rows), "images": images, "grids": self.grids[b],
+                         "layout": self.layout_kind}
+            if any(o is not None for o in self.grid_order[b]):  # tiles joined into one map (Idefics3)
+                attention["grid_order"] = self.grid_order[b]
+            out.append({"attention": attention,
                         "mean_max_logprob": mlp, "perplexity": perplexity(mlp) if mlp is not None else None})
         return out
