@@ -178,6 +178,21 @@ def _qwen2_5_vl():
     return tok, _qwen_processor("Qwen2_5_VLProcessor", tok), cfg
 
 
+def _qwen3_vl():
+    from transformers import Qwen3VLConfig
+
+    tok = _qwen_tok()
+    cfg = Qwen3VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2,
+                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=[1]),
+        text_config=dict(model_type="qwen3_vl_text", **_text(tok), head_dim=16,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [2, 2, 4], "mrope_interleaved": True}),
+        **_qwen_ids(tok))
+    return tok, _qwen_processor("Qwen3VLProcessor", tok), cfg
+
+
 def _idefics_like(kind: str):
     import transformers
 
@@ -259,6 +274,7 @@ FAMILIES = {f.name: f for f in [
     Family("llava_onevision", _llava_onevision, "anyres for one image, base view per image for several"),
     Family("qwen2_vl", _qwen2_vl, "dynamic resolution: flattened patch rows, image_grid_thw"),
     Family("qwen2_5_vl", _qwen2_5_vl, "as Qwen2-VL, windowed vision attention"),
+    Family("qwen3_vl", _qwen3_vl, "as Qwen2-VL, deepstack vision features"),
     Family("idefics3", lambda: _idefics_like("Idefics3"), "tiles + global view, row/column tokens"),
     Family("smolvlm", lambda: _idefics_like("SmolVLM"), "as Idefics3"),
     Family("gemma3", _gemma3, "boi/eoi around soft image tokens"),

@@ -1,13 +1,15 @@
 """MIA-DPO's attention ratios and thresholds, on hand-made maps and on a real collage's tokens."""
 
 
+from types import SimpleNamespace
+
 import pytest
 from PIL import Image
 
+from visalign import image_layout
 from visalign.mia_dpo import attention
 from visalign.mia_dpo.select import threshold
 from visalign.recipes import SelectParams
-from visalign.stages import capture
 
 
 def test_sequence_ratio_is_target_mean_over_sum_of_means():
@@ -77,7 +79,8 @@ def test_collage_cells_line_up_with_the_tokens_the_processor_gives(tiny_model):
         """A hand-made attention map: each token's share of pixels of `colour` in what the model sees."""
         text = processor.apply_chat_template(user_message("What?", 1), add_generation_prompt=True)
         enc = processor(images=[collage.image], text=[text], return_tensors="pt")
-        grid = capture.token_grid(int((enc["input_ids"] == processor.image_token_id).sum()))
+        config = SimpleNamespace(image_token_id=processor.image_token_id)  # the tiny LLaVA's config says the same
+        grid = image_layout.layout(enc, processor, config, [1]).grids[0][0]
         pixels = enc["pixel_values"][0]
         ref = processor(images=[Image.new("RGB", (64, 64), colour)], text=[text], return_tensors="pt")
         target = ref["pixel_values"][0][:, 0, 0]

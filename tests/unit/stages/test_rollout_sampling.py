@@ -93,8 +93,9 @@ def test_prefixed_prompt_tokenises_as_the_training_sequence(loaded, prompts, wit
     answer = "red  circle, at the top"
     prefix = answer[:len("red  circle,")]  # whitespace as written
     engine = rollout.HFEngine(loaded.model, loaded.processor, batch_size=1, max_new_tokens=2)
-    ours, _ = engine._encode([rollout.GenerationRequest(id="x", images=images, question=p.question,
-                                                     assistant_prefix=prefix)])["input_ids"][0].tolist()
+    enc, _ = engine._encode([rollout.GenerationRequest(id="x", images=images, question=p.question,
+                                                    assistant_prefix=prefix)])
+    ours = enc["input_ids"][0].tolist()
     turn = lambda text: [{"role": "assistant", "content": [{"type": "text", "text": text}]}]  # noqa: E731
     rendered = apply_chat_template({"prompt": rollout.user_message(p.question, len(images)), "chosen": turn(answer),
                                     "rejected": turn("blue")}, loaded.processor)
