@@ -101,8 +101,12 @@ def _processor_class(path: Path) -> type | None:
     return None
 
 
-def _missing_extra(error: BaseException) -> str | None:
-    return next((pkg for pkg in FAMILY_EXTRAS if pkg in str(error)), None)
+def _raise_if_extra_missing(path: Path, error: BaseException) -> None:
+    """An ImportError with the install line when `error` is a family extra missing."""
+    pkg = next((pkg for pkg in FAMILY_EXTRAS if pkg in str(error)), None)
+    if pkg:
+        raise ImportError(f"{path}: the processor needs {pkg!r}: pip install 'visalign[{FAMILY_EXTRAS[pkg]}]' "
+                          f"({error})") from error
 
 
 def load_processor(path: Path):
@@ -115,9 +119,7 @@ def load_processor(path: Path):
     try:
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ImportError, AttributeError, ValueError) as e:
-        if pkg := _missing_extra(e):
-            raise ImportError(f"{path}: the processor needs {pkg!r}: pip install 'visalign[{FAMILY_EXTRAS[pkg]}]' "
-                              f"({e})") from e
+        _raise_if_extra_missing(path, e)
         cls = _processor_class(path)
         if getattr(cls, "is_dummy", False):  # transformers' placeholder for a class whose backend is absent
             raise RuntimeError(f"{path}: {cls.__name__} cannot be built here: transformers gates it on a backend "
@@ -129,9 +131,7 @@ def load_processor(path: Path):
         try:
             processor = processor_without_video(cls).from_pretrained(path)
         except ImportError as e2:
-            if pkg := _missing_extra(e2):
-                raise ImportError(f"{path}: the processor needs {pkg!r}: pip install "
-                                  f"'visalign[{FAMILY_EXTRAS[pkg]}]' ({e2})") from e2
+            _raise_if_extra_missing(path, e2)
             raise
         log.warning("%s: loaded %s without its video processor, which failed to load (%s: %s); images work, "
                     "videos do not. Install the torchvision build that matches torch to load it whole.",
