@@ -44,3 +44,44 @@ def llava_seeds(tmp_path) -> Path:
     path = tmp_path / "llava.json"
     path.write_text(json.dumps(rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def served_tiny_model(tiny_model, tmp_path_factory):
+    """The tiny model behind a real OpenAI-compatible server: `transformers serve` on CPU.
+
+    Yields (base_url, model_name, process). ~20 s to start; the tests that need an endpoint share it."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or "transformers"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hub = tmp_path_factory.mktemp("hf_hub")  # /v1/models fails unless the hub cache exists
+    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w")
+    env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([exe, "serve", str(tiny_model), "--host", "127.0.0.1", "--port", str(port),
+                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"transformers serve did not come up; see {log.name}") from None
+            time.sleep(0.5)
+    yield url + "/v1", str(tiny_model), proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

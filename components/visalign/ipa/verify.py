@@ -12,8 +12,9 @@ two implementations:
 
 - `LocalVerifier`: the policy itself, or any local Hugging Face model, through rollout's
   generation engine (the image goes with the prompt, so "consistent" can look at it);
-- `EndpointVerifier`: any OpenAI-compatible chat endpoint (`POST {url}/chat/completions`). URL,
-  model and key come from the environment (on a cluster from the verifier Secret, see
+- `EndpointVerifier`: any OpenAI-compatible chat endpoint (`POST {url}/chat/completions`) through
+  the project's one endpoint client (visalign.infra.endpoint). URL, model and key come from the
+  environment (on a cluster from the verifier Secret, see
   pipelines/settings.py), never from pipeline parameters. Timeouts, connection errors, truncated
   or undecodable bodies, 429 and 5xx answers are retried with exponential backoff; after the last
   try the sample is counted as unverified with status "error" and the run goes on. A circuit
@@ -28,34 +29,38 @@ compact "yes yes no yes" (the criteria in order). An unparseable answer is asked
 
 from __future__ import annotations
 
-import base64
-import http.client
-import io
 import json
 import logging
-import os
 import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+# Why an item got no answer (Verdict.reason of an "error" verdict; counted per round by ipa_pairs).
+from visalign.infra.endpoint import (  # noqa: F401 (NO_ANSWER.. re-exported: callers read them here)
+    NO_ANSWER,
+    RETRIES_EXHAUSTED,
+    SKIPPED_AFTER_OUTAGE,
+    ChatEndpoint,
+    ChatRequest,
+    EndpointConfig,
+    NoAnswer,
+    RetryPolicy,
+    safe_url,
+)
 from visalign.recipes import VerifyParams
 
 log = logging.getLogger(__name__)
 
 CRITERIA = ("entails", "complete", "consistent", "follows")
 # Where the endpoint verifier finds its settings; a cluster fills them from a Secret.
-ENV_URL, ENV_MODEL, ENV_KEY = "VISALIGN_VERIFIER_URL", "VISALIGN_VERIFIER_MODEL", "VISALIGN_VERIFIER_API_KEY"
+ENV_PREFIX = "VISALIGN_VERIFIER"
+ENV_URL, ENV_MODEL, ENV_KEY = f"{ENV_PREFIX}_URL", f"{ENV_PREFIX}_MODEL", f"{ENV_PREFIX}_API_KEY"
 VERIFIED, REJECTED, UNPARSEABLE, ERROR = "verified", "rejected", "unparseable", "error"
 _YES = {"yes", "true", "y", "1", "pass"}
 _NO = {"no", "false", "n", "0", "fail"}
-# Why an item got no answer (Verdict.reason of an "error" verdict; counted per round by ipa_pairs).
-RETRIES_EXHAUSTED, SKIPPED_AFTER_OUTAGE, NO_ANSWER = "retries_exhausted", "skipped_after_outage", "no_answer"
 
 
 @dataclass
@@ -85,13 +90,6 @@ class VerifyItem:
     reference: str
     response: str
     images: list[Any] = field(default_factory=list)  # PIL images, for verifiers that look
-
-
-@dataclass(frozen=True)
-class NoAnswer:
-    """What a verifier returns for an item it could not get an answer for, and why."""
-
-    reason: str
 
 
 def _bool(word: Any) -> bool | None:
@@ -179,121 +177,43 @@ class LocalVerifier:
         return [r.text for r in self.engine.generate(requests)]
 
 
-class EndpointError(RuntimeError):
-    pass
-
-
-def safe_url(url: str) -> str:
-    """The URL without user:password and query (either may carry a key): for logs and provenance."""
-    u = urllib.parse.urlsplit(url)
-    host = u.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # IPv6
-    return urllib.parse.urlunsplit((u.scheme, f"{host}:{u.port}" if u.port else host, u.path, "", ""))
+def _policy(params: VerifyParams) -> RetryPolicy:
+    return RetryPolicy(timeout_s=params.endpoint_timeout_s, retries=params.endpoint_retries,
+                       backoff_s=params.endpoint_backoff_s, backoff_factor=params.endpoint_backoff_factor,
+                       backoff_max_s=params.endpoint_backoff_max_s, concurrency=params.endpoint_concurrency,
+                       max_consecutive_errors=params.max_consecutive_errors)
 
 
 class EndpointVerifier:
-    """Any OpenAI-compatible chat endpoint; retried with exponential backoff, never fatal.
-
-    Plain HTTP through the standard library: one JSON POST per item needs no client library.
-    """
+    """Any OpenAI-compatible chat endpoint through the shared client (visalign.infra.endpoint):
+    retried with backoff, at most `endpoint_concurrency` requests in flight, never fatal."""
 
     name = "endpoint"
 
     def __init__(self, url: str, model: str, api_key: str | None, params: VerifyParams,
                  sleep: Callable[[float], None] = time.sleep):
-        u = urllib.parse.urlsplit(url)  # a query (e.g. ?api-version=...) stays after the path
-        self.url = urllib.parse.urlunsplit(u._replace(path=u.path.rstrip("/") + "/chat/completions"))
-        self.model, self.api_key, self.params, self.sleep = model, api_key, params, sleep
-        self.stats: Counter[str] = Counter()
-        self.identity = {"backend": self.name, "model": model, "url": safe_url(self.url)}
-        self.failures_in_a_row, self.tripped = 0, False
+        self.params = params
+        self.endpoint = ChatEndpoint(EndpointConfig(url, model, api_key), _policy(params), name="verify",
+                                     sleep=sleep)
+        self.identity = self.endpoint.identity
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self.endpoint.stats
 
     @classmethod
     def from_env(cls, params: VerifyParams, env: dict[str, str] | None = None) -> EndpointVerifier:
-        env = dict(os.environ if env is None else env)
-        missing = [k for k in (ENV_URL, ENV_MODEL) if not env.get(k)]
-        if missing:
-            raise ValueError(f"verify.backend='endpoint' needs {missing} in the environment (on a cluster: the "
-                             f"verifier Secret, see pipelines/settings.py); or use verify.backend='local'")
-        if not env[ENV_URL].startswith(("http://", "https://")):
-            raise ValueError(f"{ENV_URL}={safe_url(env[ENV_URL])!r}: must start with http:// or https://, e.g. "
-                             "https://host/v1 (the part before /chat/completions)")
-        return cls(env[ENV_URL], env[ENV_MODEL], env.get(ENV_KEY) or None, params)
-
-    def _body(self, item: VerifyItem, prompt: str) -> bytes:
-        content: list[dict[str, Any]] = []
-        if self.params.endpoint_send_images:
-            for im in item.images:
-                buf = io.BytesIO()
-                im.save(buf, format="PNG")
-                url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-                content.append({"type": "image_url", "image_url": {"url": url}})
-        content.append({"type": "text", "text": prompt})
-        return json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.params.max_new_tokens,
-                           "messages": [{"role": "user", "content": content}]}).encode()
-
-    def _post(self, body: bytes) -> str:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.params.endpoint_timeout_s) as resp:
-            data = json.loads(resp.read())
         try:
-            return str(data["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError):
-            raise EndpointError(f"answer without choices[0].message.content: {str(data)[:200]}") from None
-
-    def _one(self, item: VerifyItem, prompt: str) -> str | NoAnswer:
-        if self.tripped:  # the endpoint is down: do not wait out every retry on every item
-            self.stats[SKIPPED_AFTER_OUTAGE] += 1
-            return NoAnswer(SKIPPED_AFTER_OUTAGE)
-        answer = self._ask(item, self._body(item, prompt))
-        self._track(answer)
-        return answer
-
-    def _ask(self, item: VerifyItem, body: bytes) -> str | NoAnswer:
-        p = self.params
-        delay = p.endpoint_backoff_s
-        for attempt in range(1, p.endpoint_retries + 2):
-            try:
-                return self._post(body)
-            except urllib.error.HTTPError as e:
-                kind = f"http_{e.code}"
-                if e.code != 429 and e.code < 500:  # a client error will not heal by retrying
-                    self.stats[kind] += 1
-                    log.warning("verify: %s: %s %s; not retried", self.identity["url"], e.code, e.reason)
-                    return NoAnswer(kind)
-            # OSError: timeouts, refused or reset connections (URLError); HTTPException: a truncated
-            # body (IncompleteRead) or a bad status line; ValueError: a 200 whose body is not UTF-8
-            # JSON; EndpointError: JSON without the answer. All may be a passing glitch: retried.
-            except (OSError, http.client.HTTPException, ValueError, EndpointError) as e:
-                kind = type(e).__name__
-            self.stats[kind] += 1
-            if attempt <= p.endpoint_retries:
-                self.stats["retries"] += 1
-                self.sleep(min(delay, p.endpoint_backoff_max_s))
-                delay *= p.endpoint_backoff_factor
-        log.warning("verify: %s: item %s failed after %d tries; counted as unverified", self.identity["url"],
-                    item.id, p.endpoint_retries + 1)
-        return NoAnswer(RETRIES_EXHAUSTED)
-
-    def _track(self, answer: str | NoAnswer) -> None:
-        """The circuit breaker: trip after max_consecutive_errors items in a row without an answer."""
-        if isinstance(answer, str):
-            self.failures_in_a_row = 0
-            return
-        self.failures_in_a_row += 1
-        limit = self.params.max_consecutive_errors
-        if limit is not None and self.failures_in_a_row >= limit:
-            self.tripped = True
-            log.error("verify: endpoint %s (model %s) gave no answer for %d items in a row; NOT CALLING IT AGAIN "
-                      "in this run: the remaining items count as error (skipped_after_outage). Check that it is "
-                      "up and that %s/%s/%s (the verifier Secret) are right; stats so far: %s",
-                      self.identity["url"], self.model, limit, ENV_URL, ENV_MODEL, ENV_KEY, dict(self.stats))
+            config = EndpointConfig.from_env(ENV_PREFIX, "verify.backend='endpoint'", env)
+        except ValueError as e:
+            raise ValueError(f"{e}; or use verify.backend='local'") from None
+        return cls(config.url, config.model, config.api_key, params)
 
     def judge(self, items: Sequence[VerifyItem], prompts: Sequence[str]) -> list[str | NoAnswer | None]:
-        return [self._one(it, p) for it, p in zip(items, prompts, strict=True)]
+        send = self.params.endpoint_send_images
+        return list(self.endpoint.ask_many([
+            ChatRequest(prompt=p, images=it.images if send else [], max_tokens=self.params.max_new_tokens)
+            for it, p in zip(items, prompts, strict=True)]))
 
 
 def verify(items: Sequence[VerifyItem], verifier: Verifier, params: VerifyParams,

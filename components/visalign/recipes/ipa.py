@@ -94,6 +94,8 @@ def problems(recipe: Recipe) -> list[str]:
         p.append(f"verify.endpoint_*: need retries >= 0 (got {v.endpoint_retries}), timeout_s > 0 (got "
                  f"{v.endpoint_timeout_s}), backoff_s >= 0 (got {v.endpoint_backoff_s}), backoff_factor >= 1 "
                  f"(got {v.endpoint_backoff_factor})")
+    if v.endpoint_concurrency < 1:
+        p.append(f"verify.endpoint_concurrency={v.endpoint_concurrency}: must be >= 1 (requests in flight)")
     if v.max_consecutive_errors is not None and v.max_consecutive_errors < 1:
         p.append(f"verify.max_consecutive_errors={v.max_consecutive_errors}: must be >= 1, or None to never stop "
                  "calling a failing endpoint (e.g. 20)")

@@ -201,6 +201,7 @@ class VerifyParams:
     endpoint_backoff_factor: float = _p(2.0, "Endpoint: backoff multiplier.")
     endpoint_backoff_max_s: float = _p(30.0, "Endpoint: longest single backoff in seconds.")
     endpoint_send_images: bool = _p(True, "Endpoint: send the image(s) as data URLs with the prompt.")
+    endpoint_concurrency: int = _p(4, "Endpoint: requests in flight at most (answers keep their order).")
     max_consecutive_errors: int | None = _p(20, "Endpoint circuit breaker: after this many items in a row without "
                                             "an answer (every retry failed), stop calling; the rest count as error "
                                             "(skipped_after_outage). >= 1; None = never stop.")

@@ -357,7 +357,7 @@ def test_a_down_endpoint_trips_the_breaker_and_fails_the_step_clearly(prompts_di
     server = StandInEndpoint(default="500")
     try:
         recipe = _recipe(**{"verify.endpoint_retries": 1, "verify.endpoint_backoff_s": 0.0,
-                            "verify.max_consecutive_errors": 2})
+                            "verify.max_consecutive_errors": 2, "verify.endpoint_concurrency": 1})
         verifier = EndpointVerifier(server.url, "judge-7b", "sk-secret", recipe.verify)
         with pytest.raises(ipa_pairs.VerifierOutage, match="verify.max_error_share=0.5") as e:
             ipa_pairs.run(prompts_dir=str(prompts_dir), candidates_dir=str(_four_seeds(prompts_dir, tmp_path)),

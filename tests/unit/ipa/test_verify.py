@@ -79,7 +79,7 @@ def endpoint():
 
 
 def _params(**kw):
-    return VerifyParams(prompt=recipes.IPA_TOY_VERIFY_PROMPT, **{"endpoint_timeout_s": 5.0, **kw})
+    return VerifyParams(prompt=recipes.IPA_TOY_VERIFY_PROMPT, **{"endpoint_timeout_s": 5.0, "endpoint_concurrency": 1, **kw})
 
 
 def test_endpoint_verifier_judges_and_sends_model_key_and_image(endpoint, monkeypatch):
@@ -153,10 +153,10 @@ def test_endpoint_garbage_is_asked_again_once(endpoint):
     assert counts["unparseable_first_try"] == 2 and counts["unparseable"] == 1
 
 
-@pytest.mark.parametrize("action, error", [("truncated", "IncompleteRead"), ("binary", "UnicodeDecodeError")])
+@pytest.mark.parametrize("action, error", [("truncated", "APIConnectionError"), ("binary", "UnicodeDecodeError")])
 def test_endpoint_truncated_or_undecodable_bodies_are_retried_then_counted(endpoint, action, error):
-    """A body cut short (http.client.IncompleteRead, not an OSError) or a 200 that is not UTF-8
-    (UnicodeDecodeError from json.loads) is retried like a timeout, then counted: no crash."""
+    """A body cut short (the openai SDK's APIConnectionError) or a 200 that is not UTF-8
+    (UnicodeDecodeError from the SDK's JSON decode) is retried like a timeout, then counted: no crash."""
     server = endpoint(default=action)
     params = _params(endpoint_retries=2, endpoint_backoff_s=0.0)
     verifier = EndpointVerifier(server.url, "m", None, params)
