@@ -6,7 +6,7 @@ laptop. Each docstring's Args block is what the Kubeflow UI shows for the parame
 """
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 from visalign_pipelines.settings import image
 
 component = dsl.component(base_image=image(), packages_to_install=[], install_kfp_package=False)
@@ -115,7 +115,7 @@ def train(pairs: Input[Dataset], model: str, recipe: str, profile: str, override
 
 @component
 def evaluate(benchmarks: list[str], base_model: str, aligned: Input[Model], recipe: str, profile: str,
-             overrides: dict, results: Output[Dataset], metrics: Output[Metrics]):
+             overrides: dict, results: Output[Dataset], metrics: Output[Metrics], comparison: Output[Markdown]):
     """Score the base and the aligned model on VLMEvalKit-TSV benchmarks.
 
     Args:
@@ -124,9 +124,11 @@ def evaluate(benchmarks: list[str], base_model: str, aligned: Input[Model], reci
         aligned: The train step's model.
         recipe: Recipe name.
         profile: paper or toy.
-        overrides: Recipe parameters to change, e.g. {"evaluate.limit": 100}.
+        overrides: Recipe parameters to change, e.g. {"evaluate.limit": 100}; judge-scored benchmarks
+            (MM-Vet, LLaVA-Bench) need {"evaluate.judge": "endpoint"} and the judge Secret.
     """
     import json
+    import shutil
     from pathlib import Path
 
     from visalign import recipes, schema
@@ -136,6 +138,7 @@ def evaluate(benchmarks: list[str], base_model: str, aligned: Input[Model], reci
     card = schema.read_model_card(aligned.path)
     stage.run(benchmarks=benchmarks, models={"base": base_model, "aligned": aligned.path}, output_dir=results.path,
               params=r.evaluate, mlflow_run_id=card.mlflow_run_id if card else None)
+    shutil.copyfile(Path(results.path) / stage.COMPARISON_FILE, comparison.path)  # base vs aligned, in the UI
     scores = json.loads((Path(results.path) / schema.RESULTS_FILE).read_text())
     for model_name in ("base", "aligned"):
         for bench, values in scores.get(model_name, {}).items():

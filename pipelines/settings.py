@@ -60,6 +60,9 @@ class Secrets:
     # chat endpoint. Optional: the default local verifier needs none.
     verifier_secret: str = "visalign-verifier"
     verifier_keys: tuple[str, ...] = ("VISALIGN_VERIFIER_URL", "VISALIGN_VERIFIER_MODEL", "VISALIGN_VERIFIER_API_KEY")
+    # evaluate's judge (evaluate.judge=endpoint: MM-Vet, LLaVA-Bench, LLM answer extraction). Optional.
+    judge_secret: str = "visalign-judge"
+    judge_keys: tuple[str, ...] = ("VISALIGN_JUDGE_URL", "VISALIGN_JUDGE_MODEL", "VISALIGN_JUDGE_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Needs:
     cache: bool = True
     trainjob: bool = False
     verifier: bool = False  # the optional verifier Secret as env (IPA's endpoint verifier)
+    judge: bool = False  # the optional judge Secret as env (evaluate's judge)
 
 
 # What each stage's pod needs; every pipeline calls apply(task) on every task, so a new recipe
@@ -119,7 +123,8 @@ STAGE_NEEDS: dict[str, Needs] = {
     "filter-pairs": Needs(),
     # a re-run must train again, not replay an old adapter from the cache
     "train": Needs(s3=True, mlflow=True, workspace=True, cache=False, trainjob=True),
-    "evaluate": Needs(s3=True, mlflow=True, retry=True),
+    # a judge that gives no answer fails the step (no outage is cached); its answers so far stay in judge_cache
+    "evaluate": Needs(s3=True, mlflow=True, retry=True, judge=True),
     "register": Needs(s3=True, mlflow=True, retry=True, cache=False),
     # ---- mia-dpo ----
     "compose": Needs(),
@@ -244,6 +249,9 @@ def apply(task, settings: ClusterSettings | None = None):
         task.set_env_variable("VISALIGN_TRAINJOB", trainjob_config(s).to_json())
     if needs.verifier:
         kubernetes.use_secret_as_env(task, s.secrets.verifier_secret, {k: k for k in s.secrets.verifier_keys},
+                                     optional=True)
+    if needs.judge:
+        kubernetes.use_secret_as_env(task, s.secrets.judge_secret, {k: k for k in s.secrets.judge_keys},
                                      optional=True)
     if needs.retry:
         r = s.retry

@@ -54,6 +54,7 @@ def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, flo
                    recipe: str = "seva") -> tuple[Path, Path]:
     """The toy world and its base model, built once per (seed, steps) and reused."""
     from visalign.toyworld import build_world
+    from visalign.toyworld.judged import write_judged_data
     from visalign.toyworld.steps import write_step_data
 
     train_base_model, _ = _base_trainer(recipe)
@@ -65,6 +66,7 @@ def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, flo
     # MPO's step-by-step seeds and benchmark (idempotent, also for a world built before they existed):
     # every recipe's demo then scores the same benchmarks, whichever demo ran first in this folder.
     write_step_data(world, seed=seed)
+    write_judged_data(world, seed=seed)  # toy_mmvet.tsv: the judge-scored benchmark, same idempotence
     if not (model / "config.json").exists():
         with _timed("train base model", timings):
             train_base_model(world, model, steps=base_steps, seed=seed)
@@ -82,6 +84,22 @@ def upload_inputs(world: Path, model: Path, bucket: str, timings: dict[str, floa
     benchmarks = sorted(p.name for p in (world / "benchmarks").glob("*.tsv"))
     return {"seeds": [f"{prefix}/seeds/llava.json"], "benchmarks": [f"{prefix}/benchmarks/{b}" for b in benchmarks],
             "base_model": f"{prefix}/models/{model.name}"}
+
+
+def _start_toy_judge(out: Path, overrides: dict[str, Any]):
+    """toy_mmvet is judge-scored: unless the user names a judge (evaluate.judge and VISALIGN_JUDGE_*),
+    the toy world's stand-in judge answers behind a local endpoint; its answers are cached in
+    out/judge_cache.jsonl, so a second demo pays only for new predictions."""
+    if "evaluate.judge" in overrides:
+        return None
+    from visalign.stages.judge import ENV_PREFIX
+    from visalign.toyworld.judged import TOY_JUDGE_MODEL, serve_toy_judge
+
+    server, url = serve_toy_judge()
+    os.environ.update({f"{ENV_PREFIX}_URL": url, f"{ENV_PREFIX}_MODEL": TOY_JUDGE_MODEL})
+    overrides.update({"evaluate.judge": "endpoint", "evaluate.judge_cache": str((out / "judge_cache.jsonl").resolve())})
+    print(f"judge: the toy world's stand-in judge at {url} (scripted scores, not a model)")
+    return server
 
 
 def summarize(recipe: str, run_dir: Path, timings: dict[str, float]) -> dict[str, Any]:
@@ -141,11 +159,14 @@ def run(*, recipe: str, out: Path, seed: int = 0, base_steps: int | None = None,
     inputs = upload_inputs(world, model, settings.bucket, timings)
     if recipe in RECIPE_SEEDS:
         inputs["seeds"] = [inputs["seeds"][0].rsplit("/", 1)[0] + "/" + RECIPE_SEEDS[recipe]]
+    overrides = dict(overrides or {})
+    judge = _start_toy_judge(out, overrides)
     with _timed("pipeline", timings):
-        overrides = dict(overrides or {})
         extra = {"rounds": int(overrides.pop("ipa.rounds"))} if "ipa.rounds" in overrides else {}  # a pipeline parameter
         run_dir = run_pipeline(recipe, {**inputs, **extra, "profile": "toy", "overrides": overrides,
                                         "experiment": f"visalign-{recipe}-demo"}, out / "kfp-runs")
+    if judge is not None:
+        judge.shutdown()
     timings["total"] = round(time.monotonic() - start, 2)
     summary = summarize(recipe, run_dir, timings)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

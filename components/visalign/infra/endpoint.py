@@ -84,12 +84,13 @@ class RetryPolicy:
 
 @dataclass
 class ChatRequest:
-    """One user turn: images (PIL) first as data URLs, then the text."""
+    """One user turn (images, PIL, first as data URLs, then the text), after an optional system turn."""
 
     prompt: str
     images: Sequence[Any] = field(default_factory=list)
     temperature: float = 0.0
     max_tokens: int = 128
+    system: str | None = None
 
 
 def safe_url(url: str) -> str:
@@ -134,7 +135,8 @@ class ChatEndpoint:
         content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": image_data_url(im)}}
                                          for im in request.images]
         content.append({"type": "text", "text": request.prompt})
-        return [{"role": "user", "content": content}]
+        system = [{"role": "system", "content": request.system}] if request.system else []
+        return [*system, {"role": "user", "content": content}]
 
     def _post(self, request: ChatRequest) -> str:
         resp = self.client.chat.completions.create(

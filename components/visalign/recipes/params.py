@@ -129,6 +129,21 @@ class EvaluateParams:
     batch_size: int = _p(16, "Questions per generate() call.")
     max_new_tokens: int = _p(16, "Answer length for benchmark questions (short answers).")
     limit: int | None = _p(None, "Evaluate only the first N rows of each benchmark (for smoke runs).")
+    open_max_new_tokens: int = _p(512, "Answer length for judge-scored, open-ended benchmarks (MM-Vet, LLaVA-Bench).")
+    judge: str = _p("none", "none, or endpoint: an OpenAI-compatible chat endpoint from VISALIGN_JUDGE_URL/_MODEL/"
+                    "_API_KEY (a Secret) grades MM-Vet and LLaVA-Bench (VLMEvalKit's prompts) and, with "
+                    "judge_extraction, reads answers the rules cannot. Judge-scored benchmarks need it.")
+    judge_extraction: bool = _p(False, "Ask the judge for multiple-choice and yes/no answers VLMEvalKit's rules "
+                                "cannot read (its LLM answer extraction); counted apart as judge_extracted.")
+    judge_cache: str | None = _p(None, "JSON-lines file of judge answers, reused across runs (a re-run pays only for "
+                                 "new prompts); None: judge_cache.jsonl in the output.")
+    judge_max_tokens: int = _p(2048, "Longest judge answer in tokens (VLMEvalKit's MM-Vet judge: 2048).")
+    judge_concurrency: int = _p(4, "Judge requests in flight at most.")
+    judge_timeout_s: float = _p(120.0, "Judge: seconds before a request times out.")
+    judge_retries: int = _p(4, "Judge: retries after a timeout, connection error, 429 or 5xx (exponential backoff).")
+    circular: str = _p("auto", "MMBench's CircularEval: a question is right only when every rotation of its options "
+                       "is (rows grouped by index % 1e6). auto: for benchmarks named like VLMEvalKit's circular ones "
+                       "(mmbench, ccbench, circular, mmcr); on; off.")
 
 
 @dataclass(frozen=True)

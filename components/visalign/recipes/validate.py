@@ -29,6 +29,20 @@ def validate(recipe: Recipe) -> None:
                      ("train.data_repeats", t.data_repeats), ("rollout.checkpoint_every", r.checkpoint_every)):
         if v < 1:
             p.append(f"{where}={v}: must be >= 1")
+    if e.judge not in ("none", "endpoint"):
+        p.append(f"evaluate.judge={e.judge!r}: choose none or endpoint (VISALIGN_JUDGE_URL/_MODEL/_API_KEY)")
+    if e.judge_extraction and e.judge == "none":
+        p.append("evaluate.judge_extraction=True needs a judge: set evaluate.judge=endpoint")
+    if e.circular not in ("auto", "on", "off"):
+        p.append(f"evaluate.circular={e.circular!r}: choose auto, on or off")
+    for where, v in (("evaluate.open_max_new_tokens", e.open_max_new_tokens),
+                     ("evaluate.judge_max_tokens", e.judge_max_tokens),
+                     ("evaluate.judge_concurrency", e.judge_concurrency)):
+        if v < 1:
+            p.append(f"{where}={v}: must be >= 1")
+    if e.judge_retries < 0 or e.judge_timeout_s <= 0:
+        p.append(f"evaluate.judge_retries={e.judge_retries} / judge_timeout_s={e.judge_timeout_s}: need retries >= 0 "
+                 "and timeout > 0")
     for where, v in (("rollout.dtype", r.dtype),):
         if v not in ("auto", "bfloat16", "float16", "float32"):
             p.append(f"{where}={v!r}: choose auto, bfloat16, float16 or float32")

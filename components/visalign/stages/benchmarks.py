@@ -1,8 +1,12 @@
 """Reading benchmarks in VLMEvalKit's TSV format, and the task a file's columns imply.
 
-Option columns (A, B, ...) make a benchmark multiple choice, answers that are all yes/no make it
-yes/no (POPE), an `answer_type` column makes it step-by-step (MPO's CoT questions); anything else
-is a short answer. Malformed rows are dropped and reported with the file, row and field named.
+An `answer_type` column makes a benchmark step-by-step (MPO's CoT questions); a file named like
+VLMEvalKit's MM-Vet (its stem holds "mmvet") is judge-scored MM-Vet; `caption` and `gpt4_ans`
+columns (or a stem holding "llavabench") make it judge-scored LLaVA-Bench in-the-wild; option
+columns (A, B, ... beyond D where a file has them; a `hint` column goes before the question: MMBench,
+MMStar, SEED, AI2D, ScienceQA) make it multiple choice; answers that are all yes/no make it yes/no
+(POPE); anything else is a short answer. Malformed rows are dropped and reported with the file, row
+and field named.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ MULTIPLE_CHOICE, YES_NO, SHORT = "multiple_choice", "yes_no", "short"
 # A TSV with an `answer_type` column (MPO's step-by-step questions): asked with rollout's "cot" template,
 # the answer read after "Final answer:" and scored by visalign.stages.correctness.
 COT = "cot"
+# Judge-scored (visalign.stages.judge): open-ended answers graded by a judge model.
+MMVET, LLAVA_BENCH = "mmvet", "llava_bench"
+JUDGED = (MMVET, LLAVA_BENCH)
 LETTERS = string.ascii_uppercase
 # VLMEvalKit stores a repeated image once; other rows hold the owning row's index (<= 64 chars).
 IMAGE_REF_MAX_LEN = 64
@@ -41,6 +48,7 @@ class BenchRow:
     options: dict[str, str] = field(default_factory=dict)
     hint: str | None = None
     answer_type: str | None = None  # when given: the chain-of-thought task (COT)
+    caption: str | None = None  # LLaVA-Bench: the image described in words, for the judge
 
 
 @dataclass
@@ -81,6 +89,8 @@ def _decode_image(b64: str, cache: dict[str, bytes]) -> bytes:
 def _parse_row(raw: dict[str, str], letters: list[str], image_map: dict[str, str],
                cache: dict[str, bytes]) -> BenchRow:
     """A BenchRow, or ValueError('<field>: <problem>')."""
+    if not (raw.get("answer") or "").strip() and (raw.get("gpt4_ans") or "").strip():
+        raw = {**raw, "answer": raw["gpt4_ans"]}  # LLaVA-Bench: the reference answer is GPT-4's
     for name in ("question", "answer", "image"):
         if not (raw.get(name) or "").strip():
             raise ValueError(f"{name}: missing or empty")
@@ -107,12 +117,21 @@ def _parse_row(raw: dict[str, str], letters: list[str], image_map: dict[str, str
             raise ValueError(f"answer_type: {answer_type!r} has no scorer; known: {sorted(COT_SCORERS)}")
     return BenchRow(index=str(raw.get("index") or ""), images=images, question=raw["question"].strip(),
                     answer=raw["answer"].strip(), category=(raw.get("category") or "").strip() or None,
-                    options=options, hint=hint if hint not in ("", "nan") else None, answer_type=answer_type)
+                    options=options, hint=hint if hint not in ("", "nan") else None, answer_type=answer_type,
+                    caption=(raw.get("caption") or "").strip() or None)
 
 
-def infer_task(rows: Sequence[BenchRow]) -> str:
+def _stem_key(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def infer_task(rows: Sequence[BenchRow], name: str = "", columns: Sequence[str] = ()) -> str:
     if rows and all(r.answer_type for r in rows):
         return COT
+    if "mmvet" in _stem_key(name):
+        return MMVET
+    if "llavabench" in _stem_key(name) or {"caption", "gpt4_ans"} <= set(columns):
+        return LLAVA_BENCH
     if any(r.options for r in rows):
         return MULTIPLE_CHOICE
     if rows and all(r.answer.lower() in ("yes", "no") for r in rows):
@@ -137,8 +156,9 @@ def read_benchmark(uri: str, report: StageReport, limit: int | None = None) -> B
             name, _, problem = str(e).partition(": ")
             reason = "bad_image" if name == "image" else "missing_field"
             report.drop(reason, f"{uri}: row {i} (index {raw.get('index')}): field '{name}': {problem}")
-    return Benchmark(name=Path(uri).stem, source=uri,
-                     task=infer_task(rows), rows=rows, rows_read=len(raws))
+    name = Path(uri).stem
+    return Benchmark(name=name, source=uri, task=infer_task(rows, name, reader.fieldnames or []), rows=rows,
+                     rows_read=len(raws))
 
 
 def find_benchmarks(specs: Sequence[str]) -> list[str]:

@@ -1,13 +1,24 @@
 """Evaluate: answer VLMEvalKit-TSV benchmarks with each model (base, aligned) and score them.
 
-The task type of a benchmark follows from its file (visalign.stages.benchmarks reads it): option
-columns (A, B, ...) make it multiple choice, answers that are all yes/no make it yes/no (POPE's
-metrics), anything else is a short answer scored by exact match after normalisation. Metrics are pure functions below, written to
-read answers exactly as the reference evaluators do (POPE's evaluate.py, VLMEvalKit's can_infer),
-so numbers here compare with the papers' numbers.
+The task type of a benchmark follows from its file (visalign.stages.benchmarks reads it). Answers
+are read as VLMEvalKit reads them (visalign.stages.answer_matching, a port of its rules), so the
+numbers compare with what papers report through it:
+
+- multiple choice: can_infer (option letter, then option text); unreadable answers are wrong and
+  counted (`unextractable`), refusals too (`refused`); MMBench-style CircularEval as an option;
+- yes/no (POPE): VLMEvalKit's yes/no extraction (an answer with neither or both words is
+  "Unknown", wrong either way, and counted); metrics per split and their mean as the headline,
+  pooled over all rows under pooled/;
+- MM-Vet and LLaVA-Bench: graded by a judge model (visalign.stages.judge, VLMEvalKit's prompts);
+- short answers: exact match after normalisation; step-by-step (CoT): visalign.stages.correctness.
+
+With evaluate.judge_extraction the judge also reads the answers the rules cannot (VLMEvalKit's LLM
+answer extraction), counted apart as judge_extracted.
 
     results.json                         {"<model>": {"<bench>": {"<metric>": value}}, "_meta": {...}}
     predictions/<model>/<bench>.jsonl    one schema.Prediction per question
+    comparison.md                        base vs aligned with deltas (Markdown)
+    judge_cache.jsonl                    judge answers by prompt (when a judge is used)
 """
 
 from __future__ import annotations
@@ -18,8 +29,6 @@ import io
 import json
 import logging
 import os
-import re
-import string
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,11 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema
-from visalign.recipes import SHORT_ANSWER_SUFFIX, ConfigError, EvaluateParams
+from visalign.recipes import ConfigError, EvaluateParams
 from visalign.report import StageReport, progress
 from visalign.schema import Prediction
-from visalign.stages.benchmarks import (
+from visalign.stages.answer_matching import UNKNOWN, choice_with_judge, yorn_with_judge
+from visalign.stages.benchmarks import (  # noqa: F401 (the task names and row types, re-exported)
     COT,
+    JUDGED,
+    LLAVA_BENCH,
+    MMVET,
     MULTIPLE_CHOICE,
     SHORT,
     YES_NO,
@@ -40,168 +53,33 @@ from visalign.stages.benchmarks import (
     find_benchmarks,
     read_benchmark,
 )
+from visalign.stages.metrics import (  # noqa: F401 (re-exported: evaluate's metrics, read here by tests)
+    COT_THRESHOLD,
+    MC_PROMPT,
+    SCORERS,
+    SHORT_PROMPT,
+    benchmark_metrics,
+    build_question,
+    gold_letter,
+    is_circular,
+    normalize_answer,
+    pope_metrics,
+)
 
 log = logging.getLogger(__name__)
 
-# VLMEvalKit's LLaVA prompt (vlmeval/vlm/llava/llava.py build_prompt; LLaVA's own MMBench eval).
-MC_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
-# LLaVA-1.5's short-answer suffix, used for yes/no (POPE) and short-answer questions alike.
-SHORT_PROMPT = "{question}\n" + SHORT_ANSWER_SUFFIX
-# A step-by-step (COT) answer is correct when visalign.stages.correctness scores it at least this.
-COT_THRESHOLD = 0.9
 EXPERIMENT = "visalign"
-
-
-# ---- metrics: pure functions ------------------------------------------------------------------
-
-def pope_read(text: str) -> str:
-    """yes/no as POPE reads a free-text answer.
-
-    POPE's evaluate.py (github.com/AoiDragon/POPE) and LLaVA's llava/eval/eval_pope.py: keep the
-    first sentence, drop commas, split on single spaces; "No", "no" or "not" as a word -> "no",
-    anything else (including an empty or unrelated answer) -> "yes". Case-sensitive on purpose.
-    """
-    if "." in text:
-        text = text.split(".")[0]
-    words = text.replace(",", "").split(" ")
-    return "no" if any(w in ("No", "not", "no") for w in words) else "yes"
-
-
-def pope_metrics(predicted: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
-    """POPE's accuracy, precision, recall, F1 and yes-ratio; "yes" is the positive class.
-
-    `predicted` are read answers ("yes"/"no"); a label is negative only when it is "no" (as in
-    POPE). POPE divides by zero when nothing is predicted "yes"; here that precision is 0.
-    """
-    if len(predicted) != len(labels) or not labels:
-        raise ValueError(f"pope_metrics: need equal, non-empty lists; got {len(predicted)} and {len(labels)}")
-    pred = [p == "yes" for p in predicted]
-    gold = [str(g).strip().lower() != "no" for g in labels]
-    tp = sum(p and g for p, g in zip(pred, gold, strict=True))
-    fp = sum(p and not g for p, g in zip(pred, gold, strict=True))
-    tn = sum(not p and not g for p, g in zip(pred, gold, strict=True))
-    fn = sum(not p and g for p, g in zip(pred, gold, strict=True))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": (tp + tn) / len(labels), "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": sum(pred) / len(pred)}
-
-
-def can_infer_option(text: str, letters: Sequence[str]) -> str | None:
-    """A unique option letter standing alone in `text` (VLMEvalKit's can_infer_option).
-
-    Brackets and punctuation become spaces, so "B", "B.", "(B)" and "Answer: B" all read as B.
-    A capital "A" in a longer answer is more likely the article than option A: no answer then.
-    """
-    mod = text
-    for c in ".()[],:;!*#{}":
-        mod = mod.replace(c, " ")
-    splits = mod.split()
-    hits = [c for c in letters if c in splits]
-    if len(hits) != 1:
-        return None
-    if "A" in splits and len(splits) > 3:
-        return None
-    return hits[0]
-
-
-def can_infer_text(text: str, options: dict[str, str]) -> str | None:
-    """The option whose text appears in `text`, when exactly one does (VLMEvalKit's can_infer_text)."""
-    low = text.lower()
-    hits = [k for k, v in options.items() if str(v).lower() in low]
-    return hits[0] if len(hits) == 1 else None
-
-
-def extract_choice(text: str, options: dict[str, str]) -> str | None:
-    """Letter first, then option text (VLMEvalKit's can_infer); None when nothing unique matches."""
-    return can_infer_option(text, list(options)) or can_infer_text(text, options)
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation and articles, collapse spaces (SQuAD's normalisation)."""
-    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
-    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
-
-
-# ---- prompts and scoring ----------------------------------------------------------------------
-
-def build_question(row: BenchRow, task: str) -> str:
-    question = f"{row.hint}\n{row.question}" if row.hint else row.question
-    if task == COT:
-        from visalign.stages.rollout import render_question
-
-        return render_question(question, "cot")
-    if task == MULTIPLE_CHOICE:
-        return MC_PROMPT.format(question=question, options="\n".join(f"{k}. {v}" for k, v in row.options.items()))
-    return SHORT_PROMPT.format(question=question)
-
-
-def _score_mc(prediction: str, row: BenchRow) -> tuple[str | None, bool]:
-    gold = row.answer.upper() if row.answer.upper() in row.options else can_infer_text(row.answer, row.options)
-    extracted = extract_choice(prediction, row.options)
-    return extracted, extracted is not None and extracted == gold
-
-
-def _score_yes_no(prediction: str, row: BenchRow) -> tuple[str | None, bool]:
-    read = pope_read(prediction)
-    return read, read == row.answer.lower()
-
-
-def _score_short(prediction: str, row: BenchRow) -> tuple[str | None, bool]:
-    norm = normalize_answer(prediction)
-    return norm, norm == normalize_answer(row.answer)
-
-
-def _score_cot(prediction: str, row: BenchRow) -> tuple[str | None, bool]:
-    from visalign.stages import correctness
-
-    answer = correctness.extract(prediction).answer
-    if answer is None:  # no parsable "Final answer:" line: wrong, and counted as unextractable
-        return None, False
-    return answer, correctness.score(answer, row.answer, row.answer_type or "") >= COT_THRESHOLD
-
-
-SCORERS: dict[str, Callable[[str, BenchRow], tuple[str | None, bool]]] = {
-    MULTIPLE_CHOICE: _score_mc, YES_NO: _score_yes_no, SHORT: _score_short, COT: _score_cot}
-
-
-def _safe_key(category: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . space and /; '/' separates levels here."""
-    return re.sub(r"[^0-9A-Za-z_\-. ]", "_", category)
-
-
-def _accuracy_metrics(preds: Sequence[Prediction]) -> dict[str, float]:
-    return {"accuracy": sum(p.correct for p in preds) / len(preds)}
-
-
-def _mc_metrics(preds: Sequence[Prediction]) -> dict[str, float]:
-    # An unextractable answer is wrong (VLMEvalKit without a judge) and also counted on its own.
-    return {**_accuracy_metrics(preds), "unextractable": float(sum(p.extracted is None for p in preds))}
-
-
-def _yes_no_metrics(preds: Sequence[Prediction]) -> dict[str, float]:
-    return pope_metrics([p.extracted or "yes" for p in preds], [p.answer for p in preds])
-
-
-METRICS: dict[str, Callable[[Sequence[Prediction]], dict[str, float]]] = {
-    MULTIPLE_CHOICE: _mc_metrics, YES_NO: _yes_no_metrics, SHORT: _accuracy_metrics, COT: _mc_metrics}
-
-
-def benchmark_metrics(task: str, preds: Sequence[Prediction]) -> dict[str, float]:
-    """Overall metrics plus '<category>/<metric>' per category (POPE: random/popular/adversarial)."""
-    if not preds:
-        return {"n": 0.0}
-    out = {**METRICS[task](preds), "n": float(len(preds))}
-    for cat in sorted({p.category for p in preds if p.category}):
-        for k, v in METRICS[task]([p for p in preds if p.category == cat]).items():
-            out[f"{_safe_key(cat)}/{k}"] = v
-    return out
+COMPARISON_FILE = "comparison.md"  # base vs aligned, the evaluate step's Markdown in the Kubeflow UI
+JUDGE_CACHE_FILE = "judge_cache.jsonl"
 
 
 # ---- the stage --------------------------------------------------------------------------------
 
 EngineFactory = Callable[[str, EvaluateParams], Any]
+
+
+class JudgeOutage(RuntimeError):
+    """The judge gave no answer to some calls: the scores would be wrong, so the step fails."""
 
 
 def default_engine(uri: str, params: EvaluateParams):
@@ -228,6 +106,8 @@ def _answer(engine: Any, bench: Benchmark, params: EvaluateParams, desc: str) ->
 
     from visalign.stages.rollout import GenerationRequest
 
+    if hasattr(engine, "max_new_tokens"):  # open-ended benchmarks get longer answers than short ones
+        engine.max_new_tokens = params.open_max_new_tokens if bench.task in JUDGED else params.max_new_tokens
     preds, seconds = [], 0.0
     chunks = [bench.rows[i:i + params.batch_size] for i in range(0, len(bench.rows), params.batch_size)]
     for chunk in progress(chunks, desc=desc, total=len(chunks)):
@@ -245,8 +125,85 @@ def _answer(engine: Any, bench: Benchmark, params: EvaluateParams, desc: str) ->
     return preds, seconds
 
 
+def build_judge(params: EvaluateParams, output_dir: Path):
+    """The judge `params.judge` names (None for "none"), its cache in judge_cache or the output."""
+    if params.judge == "none":
+        return None
+    from visalign.infra.endpoint import ChatEndpoint, EndpointConfig, RetryPolicy
+    from visalign.stages import judge
+
+    config = EndpointConfig.from_env(judge.ENV_PREFIX, "evaluate.judge='endpoint'")
+    policy = RetryPolicy(timeout_s=params.judge_timeout_s, retries=params.judge_retries,
+                         concurrency=params.judge_concurrency)
+    cache = judge.JudgeCache(params.judge_cache or output_dir / JUDGE_CACHE_FILE)
+    return judge.Judge(ChatEndpoint(config, policy, name="judge"), cache, max_tokens=params.judge_max_tokens)
+
+
+def _judge_benchmark(bench: Benchmark, preds: list[Prediction], judge: Any, params: EvaluateParams) -> dict[str, float]:
+    """Judge scores (MM-Vet, LLaVA-Bench) or judge readings of unreadable answers, in place; the counts."""
+    from collections import Counter
+
+    from visalign.stages import judge as judging
+
+    counts: Counter[str] = Counter()
+    rows = {r.index: r for r in bench.rows}
+    if judge is None:
+        return {}
+    before = Counter(judge.stats)
+    if bench.task == MMVET:
+        scores = judging.mmvet_scores(judge, [(p.question, p.answer, p.prediction) for p in preds], counts)
+        for p, score in zip(preds, scores, strict=True):
+            p.score, p.correct, p.extracted = score, score == 1.0, f"{score:g}"
+    elif bench.task == LLAVA_BENCH:
+        pairs = judging.llava_bench_scores(judge, [(rows[p.index].caption or "", p.question, p.answer, p.prediction)
+                                                   for p in preds], counts)
+        for p, (ref, pred) in zip(preds, pairs, strict=True):
+            p.reference_score, p.score, p.extracted = ref, pred, f"{pred:g}"
+            p.correct = pred >= ref > 0  # judged at least as good as the reference answer
+    elif params.judge_extraction and bench.task in (MULTIPLE_CHOICE, YES_NO):
+        for p in preds:
+            row = rows[p.index]
+            if bench.task == MULTIPLE_CHOICE and p.extracted is None:
+                p.extracted, p.judge = choice_with_judge(row.question, row.options, p.prediction,
+                                                         judge.ask_one)
+                p.correct = p.extracted is not None and p.extracted == gold_letter(row)
+                counts["judge_extracted"] += p.extracted is not None
+            elif bench.task == YES_NO and p.extracted == UNKNOWN:
+                p.extracted = yorn_with_judge(row.question, p.prediction, judge.ask_one)
+                p.correct = p.extracted.lower() == row.answer.strip().lower()
+                counts["judge_extracted"] += p.extracted != UNKNOWN
+    else:
+        return {}
+    counts.update({f"judge_{k}": judge.stats[k] - before[k] for k in ("calls", "cache_hits", "no_answer")})
+    return dict(counts)
+
+
+def comparison_markdown(results: dict[str, Any]) -> str:
+    """Base vs aligned (or the first model vs each other) per benchmark and metric, with deltas."""
+    names = [m for m in results if not m.startswith("_")]
+    if not names:
+        return "# Evaluation\n\nNo model was scored.\n"
+    first, others = names[0], names[1:]
+    head = ["benchmark", "metric", first, *[x for o in others for x in (o, f"{o} - {first}")]]
+    lines = ["# Evaluation", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for bench, metrics in results[first].items():
+        for metric, value in metrics.items():
+            if not isinstance(value, (int, float)):
+                continue
+            cells = [bench, metric, f"{value:.4g}"]
+            for o in others:
+                v = results[o].get(bench, {}).get(metric)
+                cells += ["", ""] if v is None else [f"{v:.4g}", f"{v - value:+.4g}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    meta = results.get("_meta", {})
+    if meta.get("judge"):
+        lines += ["", f"Judge: {meta['judge'].get('model')} at {meta['judge'].get('url')} "
+                      f"(prompts {meta['judge'].get('prompt_version')})."]
+    return "\n".join(lines) + "\n"
+
+
 def log_to_mlflow(results: dict[str, Any], output_dir: Path, run_id: str | None) -> str:
-    """'<model>/<bench>/<metric>' metrics and results.json, under `run_id` or a new run."""
+    """'<model>/<bench>/<metric>' metrics, results.json, the comparison and each prediction table."""
     import mlflow
 
     from visalign.infra import tracking
@@ -256,12 +213,21 @@ def log_to_mlflow(results: dict[str, Any], output_dir: Path, run_id: str | None)
             if not model.startswith("_"):
                 tracking.log_metrics_prefixed(benches, prefix=model)
         mlflow.log_artifact(str(output_dir / schema.RESULTS_FILE), artifact_path="evaluate")
+        mlflow.log_artifact(str(output_dir / COMPARISON_FILE), artifact_path="evaluate")
+        for path in sorted((output_dir / "predictions").glob("*/*.jsonl")):
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+            if rows:  # one table per model and benchmark, shown in the MLflow UI's evaluation view
+                table = {k: [r.get(k) for r in rows] for k in rows[0]}
+                mlflow.log_table(table, artifact_file=f"evaluate/predictions/{path.parent.name}/{path.stem}.json")
         return active.info.run_id
 
 
 def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, params: EvaluateParams,
-        mlflow_run_id: str | None = None, engine_factory: EngineFactory | None = None) -> StageReport:
-    """Score every model on every benchmark; write results.json, predictions and report.json."""
+        mlflow_run_id: str | None = None, engine_factory: EngineFactory | None = None,
+        judge: Any = None) -> StageReport:
+    """Score every model on every benchmark; write results.json, predictions, comparison.md and report.json.
+
+    `judge` replaces the one params.judge builds (tests give a stand-in)."""
     report = StageReport("evaluate")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,6 +239,17 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
     benches = [read_benchmark(uri, report, params.limit) for uri in find_benchmarks(benchmarks)]
     report.rows_in = sum(b.rows_read for b in benches)
     report.rows_out = sum(len(b.rows) for b in benches)
+    judge = judge if judge is not None else build_judge(params, out)
+    judged = [b.name for b in benches if b.task in JUDGED]
+    if judged and judge is None:
+        raise ConfigError([f"benchmarks {judged} are judge-scored (MM-Vet / LLaVA-Bench): set evaluate.judge=endpoint "
+                           "and VISALIGN_JUDGE_URL, VISALIGN_JUDGE_MODEL (and VISALIGN_JUDGE_API_KEY) in the "
+                           "environment (on a cluster: the judge Secret), or leave these benchmarks out"])
+    circular = {b.name: is_circular(b, params.circular) for b in benches}
+    for b in benches:
+        if circular[b.name] and not all(r.index.lstrip("-").isdigit() for r in b.rows):
+            raise ConfigError([f"benchmark {b.name}: CircularEval groups rows by integer index (index % 1e6); "
+                               "this file has non-integer indices: set evaluate.circular=off"])
     results: dict[str, Any] = {}
     questions, seconds = 0, 0.0
     for name, uri in models.items():
@@ -280,23 +257,34 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
         results[name] = {}
         for bench in benches:
             preds, gen_seconds = _answer(engine, bench, params, desc=f"evaluate {name}/{bench.name}")
+            counts = _judge_benchmark(bench, preds, judge, params)
             schema.write_rows(out / "predictions" / name / f"{bench.name}.jsonl", preds)
-            results[name][bench.name] = benchmark_metrics(bench.task, preds)
+            if counts.get("judge_no_answer"):
+                raise JudgeOutage(
+                    f"evaluate: the judge {judge.identity.get('url')} (model {judge.identity.get('model')}) gave no "
+                    f"answer to {counts['judge_no_answer']} of {counts.get('judge_calls', 0)} calls on {name}/"
+                    f"{bench.name}; its answers so far are kept in {judge.cache.path} and a re-run asks only the "
+                    f"rest (set evaluate.judge_cache to a path that outlives the pod). Judge stats: {counts}")
+            golds = {r.index: gold_letter(r) for r in bench.rows} if circular[bench.name] else None
+            results[name][bench.name] = benchmark_metrics(bench.task, preds, circular_golds=golds, counts=counts)
             questions, seconds = questions + len(preds), seconds + gen_seconds
             log.info("evaluate: %s on %s (%s): %s", name, bench.name, bench.task,
                      {k: round(v, 4) for k, v in results[name][bench.name].items() if "/" not in k})
         engine = None  # the last reference to the model: free it before loading the next
         _release_memory()
-    results["_meta"] = {"benchmarks": {b.name: {"source": b.source, "task": b.task} for b in benches},
+    results["_meta"] = {"benchmarks": {b.name: {"source": b.source, "task": b.task, "circular": circular[b.name]}
+                                       for b in benches},
                         "rows": {b.name: len(b.rows) for b in benches}, "limit": params.limit,
-                        "models": dict(models)}
+                        "models": dict(models), "judge": judge.provenance() if judge is not None else None}
     (out / schema.RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    (out / COMPARISON_FILE).write_text(comparison_markdown(results))
     if mlflow_run_id or os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow_run_id = log_to_mlflow(results, out, mlflow_run_id)
     report.extra.update(
         models=dict(models), benchmarks=results["_meta"]["benchmarks"], predictions=questions,
         generation_seconds=round(seconds, 3),
-        questions_per_second=round(questions / seconds, 3) if seconds else None, mlflow_run_id=mlflow_run_id)
+        questions_per_second=round(questions / seconds, 3) if seconds else None, mlflow_run_id=mlflow_run_id,
+        judge=dict(judge.stats) if judge is not None else None)
     report.write(out)
     return report
 

@@ -19,11 +19,8 @@ from visalign.stages import evaluate
 from visalign.stages.evaluate import (
     BenchRow,
     benchmark_metrics,
-    can_infer_option,
-    extract_choice,
     normalize_answer,
     pope_metrics,
-    pope_read,
 )
 from visalign.stages.rollout import GenerationResult
 
@@ -75,73 +72,95 @@ def pred(extracted, answer, correct=False, category=None) -> Prediction:
 # ---- metrics ----------------------------------------------------------------------------------
 
 def test_pope_metrics_on_a_hand_worked_confusion_matrix():
-    # TP=3, FP=1, TN=4, FN=2 (10 questions, 4 predicted yes)
-    predicted = ["yes"] * 3 + ["yes"] + ["no"] * 4 + ["no"] * 2
+    # TP=3, FP=1, TN=4, FN=2 (10 questions, 4 read yes)
+    read = ["Yes"] * 3 + ["Yes"] + ["No"] * 4 + ["No"] * 2
     labels = ["yes"] * 3 + ["no"] + ["no"] * 4 + ["yes"] * 2
-    m = pope_metrics(predicted, labels)
+    m = pope_metrics(read, labels)
     assert m["accuracy"] == pytest.approx(0.7)
     assert m["precision"] == pytest.approx(0.75)
     assert m["recall"] == pytest.approx(0.6)
     assert m["f1"] == pytest.approx(2 * 0.75 * 0.6 / 1.35)  # 0.6667
-    assert m["yes_ratio"] == pytest.approx(0.4)
+    assert m["yes_ratio"] == pytest.approx(0.4) and m["unknown"] == 0
 
 
 def test_pope_metrics_never_divides_by_zero():
-    m = pope_metrics(["no", "no"], ["yes", "no"])
+    m = pope_metrics(["No", "No"], ["yes", "no"])
     assert (m["precision"], m["recall"], m["f1"], m["accuracy"]) == (0.0, 0.0, 0.0, 0.5)
     with pytest.raises(ValueError, match="non-empty"):
         pope_metrics([], [])
 
 
-@pytest.mark.parametrize("text, read", [
-    ("Yes", "yes"), ("No", "no"), ("no", "no"), ("Yes, there is a dog.", "yes"),
-    ("No, there is no dog.", "no"), ("There is not a dog in the image", "no"),
-    ("Yes. There is no cat though.", "yes"),  # only the first sentence counts
-    ("No, it's red", "no"),  # the comma is dropped before splitting
-    ("I don't think so", "yes"),  # word level: "don't" is not "not"
-    ("Nothing like that", "yes"), ("NO", "yes"),  # case-sensitive, as in POPE
-    ("", "yes"), ("purple", "yes"),  # anything without a negation reads as yes
-])
-def test_pope_reads_answers_like_the_reference(text, read):
-    assert pope_read(text) == read
+@pytest.mark.parametrize("text", ["", "I don't know", "Nope", "The image is blurry.", "yes and no"])
+def test_an_unreadable_yes_no_answer_is_never_a_yes(text):
+    """The broken model that prints nothing gets recall 0, not 1 (VLMEvalKit's Unknown)."""
+    row = BenchRow(index="1", images=[], question="Is there a dog?", answer="yes")
+    read, correct = evaluate.SCORERS[evaluate.YES_NO](text, row)
+    assert (read, correct) == ("Unknown", False)
+    m = benchmark_metrics(evaluate.YES_NO, [pred(read, "yes"), pred(read, "no")])
+    assert (m["recall"], m["accuracy"], m["yes_ratio"], m["unknown"]) == (0.0, 0.0, 0.0, 2.0)
 
 
-def test_yes_no_metrics_per_category():
-    preds = [pred("yes", "yes", category="random"), pred("no", "yes", category="random"),
-             pred("yes", "no", category="adversarial"), pred("no", "no", category="adversarial")]
+@pytest.mark.parametrize("text, read", [("NO.", "No"), ("No!", "No"), ("YES, there is.", "Yes"), ("no", "No")])
+def test_yes_no_reading_ignores_case_and_punctuation(text, read):
+    assert evaluate.SCORERS[evaluate.YES_NO](text, BenchRow(index="1", images=[], question="q", answer="no"))[0] == read
+
+
+def test_yes_no_headline_is_the_mean_over_splits_and_pooled_is_kept():
+    """Splits of different sizes: the mean over splits differs from the pooled figure."""
+    preds = ([pred("Yes", "yes", category="random")] * 3 + [pred("No", "yes", category="random")]
+             + [pred("Yes", "no", category="adversarial"), pred("No", "no", category="adversarial")])
     m = benchmark_metrics(evaluate.YES_NO, preds)
-    assert m["accuracy"] == 0.5 and m["n"] == 4
-    assert m["random/recall"] == 0.5 and m["random/precision"] == 1.0 and m["random/yes_ratio"] == 0.5
-    assert m["adversarial/precision"] == 0.0 and m["adversarial/accuracy"] == 0.5
+    assert m["random/f1"] == pytest.approx(2 * 1.0 * 0.75 / 1.75) and m["adversarial/f1"] == 0.0
+    assert m["f1"] == pytest.approx((m["random/f1"] + m["adversarial/f1"]) / 2)
+    assert m["accuracy"] == pytest.approx((0.75 + 0.5) / 2) and m["pooled/accuracy"] == pytest.approx(4 / 6)
+    assert m["pooled/f1"] == pytest.approx(2 * 0.75 * 0.75 / 1.5) and m["n"] == 6
+    # VLMEvalKit explodes "a,b" categories: a row counts in both splits
+    both = benchmark_metrics(evaluate.YES_NO, [pred("Yes", "yes", category="random,popular")])
+    assert both["random/recall"] == both["popular/recall"] == 1.0 and both["pooled/accuracy"] == 1.0
+
+
+def test_without_splits_the_pooled_figures_are_the_headline():
+    m = benchmark_metrics(evaluate.YES_NO, [pred("Yes", "yes"), pred("No", "yes")])
+    assert m["recall"] == 0.5 and not any(k.startswith("pooled/") for k in m)
 
 
 OPTIONS = {"A": "dog", "B": "cat", "C": "red circle"}
 
 
-@pytest.mark.parametrize("text, letter", [
-    ("B", "B"), ("A.", "A"), ("(B)", "B"), ("Answer: C", "C"), ("The answer is (C).", "C"),
-    ("It is a cat", "B"),  # no letter: the option's text
-    ("a RED CIRCLE", "C"),  # text match is case-insensitive
-    ("A or B", None),  # two letters: ambiguous
-    ("a cat and a dog", None),  # two option texts: ambiguous
-    ("A cat sits next to the dog", None),  # "A" is the article; then two option texts
-    ("purple", None), ("", None),
-])
-def test_multiple_choice_extraction(text, letter):
-    assert extract_choice(text, OPTIONS) == letter
+def test_multiple_choice_reads_option_a_like_any_other_letter():
+    """'The answer is A.' was no answer while 'The answer is B.' was B: scores were biased against A."""
+    row = BenchRow(index="1", images=[], question="q", answer="A", options=OPTIONS)
+    assert evaluate.SCORERS[evaluate.MULTIPLE_CHOICE]("The answer is A.", row) == ("A", True)
+    assert evaluate.SCORERS[evaluate.MULTIPLE_CHOICE]("The answer is B.", row) == ("B", False)
 
 
-def test_letter_beats_text_and_must_be_an_option():
-    assert extract_choice("B dog", OPTIONS) == "B"  # a unique letter wins over the option text
-    assert can_infer_option("D", list(OPTIONS)) is None
-
-
-def test_multiple_choice_metrics_count_unextractable_as_wrong():
+def test_multiple_choice_metrics_count_unextractable_and_refusals_as_wrong():
     row = BenchRow(index="1", images=[], question="q", answer="B", options=OPTIONS)
-    scored = [evaluate.SCORERS[evaluate.MULTIPLE_CHOICE](t, row) for t in ("B", "cat", "A", "A or B")]
-    assert scored == [("B", True), ("B", True), ("A", False), (None, False)]
+    scored = [evaluate.SCORERS[evaluate.MULTIPLE_CHOICE](t, row)
+              for t in ("B", "cat", "A", "A or B", "Cannot determine the answer")]
+    assert scored == [("B", True), ("B", True), ("A", False), (None, False), ("Z", False)]
     preds = [pred(e, "B", c) for e, c in scored]
-    assert benchmark_metrics(evaluate.MULTIPLE_CHOICE, preds) == {"accuracy": 0.5, "unextractable": 1.0, "n": 4.0}
+    assert benchmark_metrics(evaluate.MULTIPLE_CHOICE, preds) == {
+        "accuracy": 0.4, "unextractable": 1.0, "refused": 1.0, "n": 5.0}
+
+
+def test_circular_eval_needs_every_rotation_right():
+    """MMBench's rule: rows index, index + 1e6, ... are one question with rotated options."""
+    def p(index, extracted, category="cp"):
+        return Prediction(index=str(index), question="q", answer="", prediction="", extracted=extracted,
+                          correct=False, category=category)
+    preds = [p(1, "A"), p(1_000_001, "B"), p(2, "C"), p(1_000_002, "C"), p(3, None, "fp"), p(1_000_003, "A", "fp")]
+    golds = {"1": "A", "1000001": "B", "2": "C", "1000002": "D", "3": "A", "1000003": "A"}
+    m = benchmark_metrics(evaluate.MULTIPLE_CHOICE, preds, circular_golds=golds)
+    assert m["accuracy"] == pytest.approx(1 / 3) and m["groups"] == 3 and m["n"] == 6
+    assert m["cp/accuracy"] == 0.5 and m["fp/accuracy"] == 0.0 and m["unextractable"] == 1
+
+
+def test_circular_follows_vlmevalkit_names_unless_set():
+    bench = evaluate.Benchmark("MMBench_DEV_EN", "x", evaluate.MULTIPLE_CHOICE, [], 0)
+    assert evaluate.is_circular(bench, "auto") and not evaluate.is_circular(bench, "off")
+    other = evaluate.Benchmark("MMStar", "x", evaluate.MULTIPLE_CHOICE, [], 0)
+    assert not evaluate.is_circular(other, "auto") and evaluate.is_circular(other, "on")
 
 
 @pytest.mark.parametrize("text, norm", [
@@ -246,8 +265,9 @@ def test_run_scores_with_known_answers(tmp_path, monkeypatch):
                           engine_factory=lambda uri, params: engines["base" if uri == "B" else "aligned"])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     # toy_mc answers are A, B, C, D: "A" is right once; "red" is option A's text, also right once.
-    assert results["base"]["toy_mc"] == {"accuracy": 0.25, "unextractable": 0.0, "n": 4.0,
-                                        "colour/accuracy": 0.25, "colour/unextractable": 0.0}
+    assert results["base"]["toy_mc"] == {"accuracy": 0.25, "unextractable": 0.0, "refused": 0.0, "n": 4.0,
+                                        "colour/accuracy": 0.25, "colour/unextractable": 0.0,
+                                        "colour/refused": 0.0}
     assert results["aligned"]["toy_mc"]["accuracy"] == 0.25
     assert results["aligned"]["toy_short"] == {"accuracy": pytest.approx(1 / 3), "n": 3.0}
     assert results["_meta"]["rows"] == {"toy_mc": 4, "toy_short": 3}
@@ -283,11 +303,11 @@ def test_run_end_to_end_with_a_tiny_model_and_an_adapter(tmp_path, tiny_model, a
     assert results["_meta"]["limit"] == 5 and results["_meta"]["rows"] == {"toy_pope": 5, "toy_mc": 4}
     for model in ("base", "aligned"):
         pope = results[model]["toy_pope"]
-        assert {"accuracy", "precision", "recall", "f1", "yes_ratio", "random/f1"} <= set(pope)
-        assert all(0.0 <= v <= 1.0 for k, v in pope.items() if k != "n")
+        assert {"accuracy", "precision", "recall", "f1", "yes_ratio", "unknown", "random/f1", "pooled/f1"} <= set(pope)
+        assert all(0.0 <= v <= 1.0 for k, v in pope.items() if k not in ("n", "unknown") and "/unknown" not in k)
         assert set(results[model]["toy_mc"]) >= {"accuracy", "unextractable"}
         preds = schema.read_rows(out / "predictions" / model / "toy_pope.jsonl", Prediction)
-        assert len(preds) == 5 and all(p.extracted in ("yes", "no") for p in preds)
+        assert len(preds) == 5 and all(p.extracted in ("Yes", "No", "Unknown") for p in preds)
     rep = read_report(out)
     assert rep["rows_in"] == 9 and rep["predictions"] == 18 and rep["questions_per_second"] > 0
     assert report.extra["models"]["aligned"] == str(adapter_model)

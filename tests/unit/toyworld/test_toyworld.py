@@ -280,3 +280,30 @@ def test_sft_lowers_loss_and_saves_a_loadable_model(world_dir, tmp_path):
     # A few steps teach the format, not the answers: any new token (even </s>) shows it generates.
     assert ids.shape[1] > inputs["input_ids"].shape[1]
     assert processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:])[0]
+
+
+def test_judged_benchmark_is_mmvet_shaped_held_out_and_graded_by_the_stand_in(world_dir, tmp_path):
+    """toy_mmvet.tsv: MM-Vet's columns and capability categories, toy_short's held-out images, the
+    same file for the same seed; the stand-in judge gives the truth 1.0 and a wrong answer 0.0."""
+    import shutil
+
+    from visalign.report import StageReport
+    from visalign.stages import benchmarks, judge
+    from visalign.toyworld.judged import ToyJudge, write_judged_data
+
+    world, copy = tmp_path / "w", tmp_path / "w2"  # copies: the module's world stays as built
+    shutil.copytree(world_dir, world)
+    shutil.copytree(world_dir, copy)
+    n = write_judged_data(world, seed=0)
+    assert n == write_judged_data(world, seed=0) > 0  # kept when present
+    assert write_judged_data(copy, seed=0) == n
+    assert filecmp.cmp(world / "benchmarks" / "toy_mmvet.tsv", copy / "benchmarks" / "toy_mmvet.tsv", shallow=False)
+    bench = benchmarks.read_benchmark(str(world / "benchmarks" / "toy_mmvet.tsv"), StageReport("e"))
+    assert bench.task == benchmarks.MMVET and len(bench.rows) == n
+    assert {r.category for r in bench.rows} <= {"rec", "rec,spat", "rec,math"}
+    short_images = {row["image"] for row in export.read_tsv(world / "benchmarks" / "toy_short.tsv")}
+    assert {row["image"] for row in export.read_tsv(world / "benchmarks" / "toy_mmvet.tsv")} <= short_images
+    for row in bench.rows:
+        truth = row.answer.replace("<AND>", " and ")
+        assert ToyJudge().answer(judge.mmvet_prompt(row.question, row.answer, truth)) == "1.0"
+        assert ToyJudge().answer(judge.mmvet_prompt(row.question, row.answer, "purple")) == "0.0"
