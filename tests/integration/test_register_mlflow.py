@@ -126,3 +126,11 @@ def test_evaluate_reads_an_s3_prefix_and_logs_model_bench_metric_keys(stack, tmp
     assert run.data.metrics["base/toy_pope/precision"] == 0.5
     assert run.data.metrics["base/toy_pope/random/recall"] == 1.0
     assert report.extra["benchmarks"]["toy_pope"]["source"] == f"{prefix}/toy_pope.tsv"
+    # the comparison and one predictions table per model and benchmark, as MLflow artifacts
+    client = mlflow.MlflowClient()
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
+    assert {"evaluate/results.json", "evaluate/comparison.md"} <= logged
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/predictions/base/toy_pope.json",
+                                                      str(tmp_path / "dl"))).read_text())
+    assert table["columns"][:3] == ["index", "question", "answer"] and len(table["data"]) == 4
+    assert "| toy_pope | f1 |" in (tmp_path / "eval" / "comparison.md").read_text()

@@ -27,6 +27,8 @@ def test_seva_pipeline_runs_end_to_end(s3_inputs, tmp_path):
     results = json.loads((find_output(run_dir, "evaluate", "results") / "results.json").read_text())
     assert set(results["base"]) == set(results["aligned"]) == {"toy_pope", "toy_mc"}
     assert 0 <= results["aligned"]["toy_pope"]["f1"] <= 1
+    comparison = find_output(run_dir, "evaluate", "comparison").read_text()  # the step's Markdown in the UI
+    assert comparison.startswith("# Evaluation") and "| toy_pope | f1 |" in comparison and "aligned - base" in comparison
     register = reports["register"]
     assert register["alias"] in ("champion", "challenger") and register["version"]
 

@@ -142,7 +142,7 @@ class EvaluateParams:
     judge_timeout_s: float = _p(120.0, "Judge: seconds before a request times out.")
     judge_retries: int = _p(4, "Judge: retries after a timeout, connection error, 429 or 5xx (exponential backoff).")
     circular: str = _p("auto", "MMBench's CircularEval: a question is right only when every rotation of its options "
-                       "is (rows grouped by index % 1e6). auto: for benchmarks named like VLMEvalKit's circular ones "
+                       "is (rows grouped by index mod 1e6). auto: for benchmarks named like VLMEvalKit's circular ones "
                        "(mmbench, ccbench, circular, mmcr); on; off.")
 
 

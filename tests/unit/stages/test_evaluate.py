@@ -335,3 +335,22 @@ def test_model_names_must_be_usable_as_keys(tmp_path):
         with pytest.raises(ConfigError, match="NAME=URI"):
             evaluate.run(benchmarks=[str(bench)], models=models, output_dir=str(tmp_path / "o"),
                          params=EvaluateParams(), engine_factory=lambda uri, params: ScriptedEngine({}))
+
+
+def test_multiple_choice_files_with_hints_and_options_beyond_d(tmp_path):
+    """ScienceQA / MMStar / SEED / AI2D shapes: a `hint` column (NaN where absent), options up to E
+    that some rows leave empty, extra columns (l2-category, split) that change nothing."""
+    rows = [{"index": 0, "image": b64_png("red"), "question": "Which is a mammal?", "hint": "Think of fur.",
+             "A": "frog", "B": "whale", "C": "shark", "D": "", "E": "", "answer": "B", "category": "bio",
+             "l2-category": "x", "split": "test"},
+            {"index": 1, "image": b64_png("blue"), "question": "Pick the fifth.", "hint": "nan", "A": "1",
+             "B": "2", "C": "3", "D": "4", "E": "5", "answer": "E", "category": "math", "l2-category": "y",
+             "split": "test"}]
+    bench = evaluate.read_benchmark(str(write_tsv(tmp_path / "ScienceQA_TEST.tsv", rows)), StageReport("e"))
+    assert bench.task == evaluate.MULTIPLE_CHOICE and list(bench.rows[0].options) == ["A", "B", "C"]
+    assert evaluate.build_question(bench.rows[0], bench.task) == (
+        "Think of fur.\nWhich is a mammal?\nA. frog\nB. whale\nC. shark\n"
+        "Answer with the option's letter from the given choices directly.")
+    assert bench.rows[1].hint is None and list(bench.rows[1].options) == ["A", "B", "C", "D", "E"]
+    assert evaluate.SCORERS[evaluate.MULTIPLE_CHOICE]("E", bench.rows[1]) == ("E", True)
+    assert evaluate.SCORERS[evaluate.MULTIPLE_CHOICE]("5", bench.rows[1]) == ("E", True)  # the option's text
