@@ -131,8 +131,8 @@ class Prediction:
     correct: bool
     category: str | None = None
     # Judge-scored benchmarks: the judge's score (MM-Vet 0-1, LLaVA-Bench 1-10) and, for LLaVA-Bench,
-    # its score of the reference answer; `judge` is the judge's raw answer that decided this row
-    # (a score, or the reading of an answer the rules could not read).
+    # its score of the reference answer; `judge` is the judge's raw answer where it read an answer
+    # the rules could not (evaluate.judge_extraction).
     score: float | None = None
     reference_score: float | None = None
     judge: str | None = None

@@ -134,3 +134,26 @@ def test_evaluate_reads_an_s3_prefix_and_logs_model_bench_metric_keys(stack, tmp
                                                       str(tmp_path / "dl"))).read_text())
     assert table["columns"][:3] == ["index", "question", "answer"] and len(table["data"]) == 4
     assert "| toy_pope | f1 |" in (tmp_path / "eval" / "comparison.md").read_text()
+
+
+def test_judge_cache_on_s3_outlives_the_pod(stack):
+    """evaluate.judge_cache as an s3:// URI: a second Judge (a retried pod) reads the first one's answers."""
+    from visalign.stages import judge
+
+    class Asker:
+        identity = {"backend": "stand-in", "model": "scripted", "url": ""}  # a scripted judge, no model
+
+        def __init__(self):
+            self.calls = 0
+
+        def ask_many(self, requests):
+            self.calls += len(requests)
+            return ["0.5" for _ in requests]
+
+    uri = f"s3://{stack.settings.bucket}/judge-{uuid.uuid4().hex[:8]}/cache.jsonl"
+    first = Asker()
+    assert judge.Judge(first, judge.JudgeCache(uri)).ask(["a", "b"]) == ["0.5", "0.5"] and first.calls == 2
+    second = Asker()
+    j = judge.Judge(second, judge.JudgeCache(uri))
+    assert j.ask(["a", "b", "c"]) == ["0.5"] * 3 and second.calls == 1 and j.stats["cache_hits"] == 2
+    assert len(store.read_text(uri).splitlines()) == 3

@@ -13,7 +13,7 @@ class StandInEndpoint:
 
     Its judge compares the response with the reference read out of the prompt. `script` lists
     what each successive request gets: "ok", "garbage", "500", "429", "400", "slow" (answers after
-    the client's timeout), "truncated" (a 200 that closes the connection half-way through the body
+    the client's timeout), "null" (a 200 whose content is null), "truncated" (a 200 that closes the connection half-way through the body
     its Content-Length announces), "binary" (a 200 whose body is not UTF-8); once the script runs
     out, every request gets `default`. `judge(reference,
     response) -> bool` replaces the comparison (the pipeline test's stand-in decides by the text alone).
@@ -45,6 +45,10 @@ class StandInEndpoint:
                     self._send(b"\x80\x81\xfe not UTF-8, not JSON")
                     return
                 text = body["messages"][0]["content"][-1]["text"]
+                if action == "null":  # a 200 without content (e.g. finish_reason content_filter)
+                    self._send(json.dumps({"choices": [{"message": {"role": "assistant", "content": None},
+                                                        "finish_reason": "content_filter"}]}).encode())
+                    return
                 if action == "garbage":
                     answer = "I think it is fine."
                 else:

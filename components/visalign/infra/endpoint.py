@@ -74,7 +74,7 @@ class EndpointConfig:
 @dataclass(frozen=True)
 class RetryPolicy:
     timeout_s: float = 60.0
-    retries: int = 4  # after a timeout, connection error, bad body, 429 or 5xx
+    retries: int = 4  # after a timeout, connection error, bad body, 408, 409, 429 or 5xx (as the SDK retries)
     backoff_s: float = 1.0
     backoff_factor: float = 2.0
     backoff_max_s: float = 30.0
@@ -107,7 +107,7 @@ def image_data_url(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-class _NoContent(Exception):
+class EmptyAnswer(Exception):
     """A 200 whose JSON has no choices[0].message.content: retried like a glitch."""
 
 
@@ -145,8 +145,10 @@ class ChatEndpoint:
         try:
             content = resp.choices[0].message.content
         except (AttributeError, IndexError, TypeError):
-            raise _NoContent(f"answer without choices[0].message.content: {str(resp)[:200]}") from None
-        return str(content or "")
+            content = None
+        if content is None:  # no choices, or a null content (e.g. finish_reason content_filter)
+            raise EmptyAnswer(f"answer without choices[0].message.content: {str(resp)[:200]}")
+        return str(content)
 
     def _try(self, request: ChatRequest) -> str | NoAnswer:
         import openai
@@ -158,13 +160,13 @@ class ChatEndpoint:
                 return self._post(request)
             except openai.APIStatusError as e:
                 kind = f"http_{e.status_code}"
-                if e.status_code != 429 and e.status_code < 500:  # a client error will not heal by retrying
+                if e.status_code not in (408, 409, 429) and e.status_code < 500:  # will not heal by retrying
                     self._count(kind)
                     log.warning("%s: %s answered %s; not retried", self.name, self.identity["url"], e.status_code)
                     return NoAnswer(kind)
             # APITimeoutError, APIConnectionError (refused or reset, a body cut short), a 200 whose
             # body is not JSON (the SDK's decode error), JSON without the answer: all may pass.
-            except (openai.APIError, ValueError, _NoContent) as e:
+            except (openai.APIError, ValueError, EmptyAnswer) as e:
                 kind = type(e).__name__
             self._count(kind)
             if attempt <= p.retries:

@@ -62,6 +62,7 @@ from visalign.stages.metrics import (  # noqa: F401 (re-exported: evaluate's met
     build_question,
     gold_letter,
     is_circular,
+    is_pope,
     normalize_answer,
     pope_metrics,
 )
@@ -161,15 +162,15 @@ def _judge_benchmark(bench: Benchmark, preds: list[Prediction], judge: Any, para
             p.reference_score, p.score, p.extracted = ref, pred, f"{pred:g}"
             p.correct = pred >= ref > 0  # judged at least as good as the reference answer
     elif params.judge_extraction and bench.task in (MULTIPLE_CHOICE, YES_NO):
+        ask = judge.asker_for_extraction()
         for p in preds:
             row = rows[p.index]
             if bench.task == MULTIPLE_CHOICE and p.extracted is None:
-                p.extracted, p.judge = choice_with_judge(row.question, row.options, p.prediction,
-                                                         judge.ask_one)
+                p.extracted, p.judge = choice_with_judge(row.question, row.options, p.prediction, ask)
                 p.correct = p.extracted is not None and p.extracted == gold_letter(row)
                 counts["judge_extracted"] += p.extracted is not None
             elif bench.task == YES_NO and p.extracted == UNKNOWN:
-                p.extracted = yorn_with_judge(row.question, p.prediction, judge.ask_one)
+                p.extracted = yorn_with_judge(row.question, p.prediction, judge.asker_for_extraction())
                 p.correct = p.extracted.lower() == row.answer.strip().lower()
                 counts["judge_extracted"] += p.extracted != UNKNOWN
     else:
@@ -259,14 +260,15 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
             preds, gen_seconds = _answer(engine, bench, params, desc=f"evaluate {name}/{bench.name}")
             counts = _judge_benchmark(bench, preds, judge, params)
             schema.write_rows(out / "predictions" / name / f"{bench.name}.jsonl", preds)
-            if counts.get("judge_no_answer"):
+            if counts.get("judge_unanswered"):
                 raise JudgeOutage(
                     f"evaluate: the judge {judge.identity.get('url')} (model {judge.identity.get('model')}) gave no "
-                    f"answer to {counts['judge_no_answer']} of {counts.get('judge_calls', 0)} calls on {name}/"
-                    f"{bench.name}; its answers so far are kept in {judge.cache.path} and a re-run asks only the "
-                    f"rest (set evaluate.judge_cache to a path that outlives the pod). Judge stats: {counts}")
+                    f"answer at all for {counts['judge_unanswered']} of {len(preds)} rows of {name}/{bench.name}; "
+                    f"its answers so far are kept in {judge.cache.path} and a re-run asks only the rest (set "
+                    f"evaluate.judge_cache to an s3:// URI so they outlive the pod). Judge stats: {counts}")
             golds = {r.index: gold_letter(r) for r in bench.rows} if circular[bench.name] else None
-            results[name][bench.name] = benchmark_metrics(bench.task, preds, circular_golds=golds, counts=counts)
+            results[name][bench.name] = benchmark_metrics(bench.task, preds, circular_golds=golds, counts=counts,
+                                                          split_mean=is_pope(bench))
             questions, seconds = questions + len(preds), seconds + gen_seconds
             log.info("evaluate: %s on %s (%s): %s", name, bench.name, bench.task,
                      {k: round(v, 4) for k, v in results[name][bench.name].items() if "/" not in k})

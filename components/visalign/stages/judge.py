@@ -30,9 +30,11 @@ import json
 import logging
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from visalign.stages.metrics import safe_key
 
 log = logging.getLogger(__name__)
 
@@ -132,63 +134,100 @@ class Asker(Protocol):
 
 
 class JudgeCache:
-    """Judge answers by key, in a JSON-lines file appended after every batch (a killed run keeps them)."""
+    """Judge answers by key, in a JSON-lines file (local path or s3:// URI) written after every chunk
+    of answers, so a killed or failed run keeps what it was given."""
 
-    def __init__(self, path: str | Path | None):
-        self.path = Path(path) if path else None
+    def __init__(self, uri: str | Path | None):
+        from visalign.infra import store
+
+        self.uri = str(uri) if uri else None
         self.answers: dict[str, str] = {}
+        self._lines: list[str] = []
         self._lock = threading.Lock()
-        if self.path and self.path.exists():
-            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+        if self.uri and store.exists(self.uri):
+            for n, line in enumerate(store.read_text(self.uri).splitlines(), start=1):
                 try:
                     row = json.loads(line)
                     self.answers[row["key"]] = row["answer"]
+                    self._lines.append(line)
                 except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a kill
-                    log.warning("judge cache %s: line %d unreadable; it will be asked again", self.path, n)
+                    log.warning("judge cache %s: line %d unreadable; it will be asked again", self.uri, n)
+
+    @property
+    def path(self) -> str | None:
+        return self.uri
 
     def add(self, items: dict[str, str]) -> None:
+        from visalign.infra import store
+
+        if not items:
+            return
         with self._lock:
             self.answers.update(items)
-            if self.path and items:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.writelines(json.dumps({"key": k, "answer": v}) + "\n" for k, v in items.items())
+            if not self.uri:
+                return
+            new = [json.dumps({"key": k, "answer": v}) for k, v in items.items()]
+            self._lines += new
+            if store.is_s3(self.uri):  # objects cannot be appended to: the whole file, rewritten
+                store.write_text(self.uri, "\n".join(self._lines) + "\n")
+            else:
+                path = Path(self.uri)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a", encoding="utf-8") as f:
+                    f.writelines(line + "\n" for line in new)
 
 
 class Judge:
-    """Prompts in, answers out (None where the endpoint gave none), cached; counts calls and hits."""
+    """Prompts in, answers out (None where the endpoint gave none), cached; counts calls and hits.
+
+    The cache key is (judge model, temperature, system prompt, max_tokens, prompt, attempt): not the
+    URL, so the same judge behind another address (a restarted server) reuses its answers; `attempt`
+    keeps the retries of a deterministic judge (VLMEvalKit asks again at the same temperature) apart."""
+
+    CHUNK = 32  # answers between cache writes: a kill loses at most this many calls' answers
 
     def __init__(self, asker: Asker, cache: JudgeCache, max_tokens: int = 2048):
         self.asker, self.cache, self.max_tokens = asker, cache, max_tokens
         self.identity = dict(asker.identity)
         self.stats: Counter[str] = Counter()
 
-    def key(self, prompt: str, temperature: float, system: str | None) -> str:
-        blob = json.dumps([self.identity.get("model"), self.identity.get("url"), temperature, system, prompt])
+    def key(self, prompt: str, temperature: float, system: str | None, attempt: int = 0) -> str:
+        blob = json.dumps([self.identity.get("model"), temperature, system, self.max_tokens, prompt, attempt])
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def ask(self, prompts: Sequence[str], temperature: float = 0.0, system: str | None = None) -> list[str | None]:
+    def ask(self, prompts: Sequence[str], temperature: float = 0.0, system: str | None = None,
+            attempt: int = 0) -> list[str | None]:
         from visalign.infra.endpoint import ChatRequest
 
-        keys = [self.key(p, temperature, system) for p in prompts]
+        keys = [self.key(p, temperature, system, attempt) for p in prompts]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self.cache.answers}.values())
         hits = len(prompts) - len(todo)
         self.stats.update({"cache_hits": hits} if hits else {})
-        if todo:
+        step = self.CHUNK * max(1, getattr(getattr(self.asker, "policy", None), "concurrency", 1))
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
             answers = self.asker.ask_many([ChatRequest(prompt=prompts[i], temperature=temperature,
-                                                       max_tokens=self.max_tokens, system=system) for i in todo])
-            got = {keys[i]: a for i, a in zip(todo, answers, strict=True) if isinstance(a, str)}
-            missing = len(todo) - len(got)
-            self.stats.update({"calls": len(todo), **({"no_answer": missing} if missing else {})})
+                                                       max_tokens=self.max_tokens, system=system) for i in chunk])
+            got = {keys[i]: a for i, a in zip(chunk, answers, strict=True) if isinstance(a, str)}
+            missing = len(chunk) - len(got)
+            self.stats.update({"calls": len(chunk), **({"no_answer": missing} if missing else {})})
             self.cache.add(got)
         return [self.cache.answers.get(k) for k in keys]
 
-    def ask_one(self, prompt: str, temperature: float) -> str | None:
-        return self.ask([prompt], temperature)[0]
+    def asker_for_extraction(self) -> Callable[[str, float], str | None]:
+        """answer_matching's ask(prompt, temperature): each repeat of a prompt is a new attempt."""
+        tries: Counter[str] = Counter()
+
+        def ask(prompt: str, temperature: float) -> str | None:
+            tries[prompt] += 1
+            return self.ask([prompt], temperature, attempt=tries[prompt] - 1)[0]
+
+        return ask
 
     def provenance(self) -> dict[str, Any]:
         return {**self.identity, "prompt_version": PROMPT_VERSION, "mmvet_temperatures":
-                [0.5 * i for i in range(MMVET_TRIES)], "llava_bench_temperature": LLAVA_BENCH_TEMPERATURE}
+                [0.5 * i for i in range(MMVET_TRIES)], "llava_bench_temperature": LLAVA_BENCH_TEMPERATURE,
+                "max_tokens": self.max_tokens}
 
 
 # ---- scoring -----------------------------------------------------------------------------------
@@ -197,14 +236,16 @@ def mmvet_scores(judge: Judge, rows: Sequence[tuple[str, str, str]], counts: Cou
     """A 0-1 score per (question, answer, prediction): try t at temperature 0.5 * t, then 0.0."""
     prompts = [mmvet_prompt(q, a, p) for q, a, p in rows]
     scores: list[float | None] = [None] * len(rows)
+    answered = [False] * len(rows)  # did the judge answer at all (if only garbage)?
     for attempt in range(MMVET_TRIES):
         todo = [i for i, s in enumerate(scores) if s is None]
         if not todo:
             break
         for i, out in zip(todo, judge.ask([prompts[i] for i in todo], temperature=0.5 * attempt), strict=True):
+            answered[i] = answered[i] or out is not None
             scores[i] = mmvet_read(out) if out is not None else None
-    failed = sum(s is None for s in scores)
-    counts["judge_failed"] += failed
+    counts["judge_failed"] += sum(s is None for s in scores)
+    counts["judge_unanswered"] += sum(not a for a in answered)  # an outage, not a bad grade
     return [0.0 if s is None else s for s in scores]
 
 
@@ -229,7 +270,7 @@ def mmvet_metrics(categories: Sequence[str], scores: Sequence[float]) -> dict[st
         combo_total[combo] += score
     out = {"score": sum(scores) / len(scores)}
     out.update({f"capability/{c}": cap_total[c] / cap_n[c] for c in MMVET_CAPABILITIES if cap_n[c]})
-    out.update({f"category/{c}": combo_total[c] / combo_n[c] for c in sorted(combo_n)})
+    out.update({f"category/{safe_key(c)}": combo_total[c] / combo_n[c] for c in sorted(combo_n) if c})
     return out
 
 
@@ -241,6 +282,7 @@ def llava_bench_scores(judge: Judge, rows: Sequence[tuple[str, str, str, str]],
     for review in judge.ask(prompts, temperature=LLAVA_BENCH_TEMPERATURE, system=LLAVA_BENCH_SYSTEM):
         pair = llava_bench_read(review) if review is not None else (-1.0, -1.0)
         counts["judge_failed"] += pair == (-1.0, -1.0)
+        counts["judge_unanswered"] += review is None
         out.append(pair)
     return out
 
@@ -253,7 +295,7 @@ def llava_bench_metrics(categories: Sequence[str], pairs: Sequence[tuple[float, 
         return {"relative_score": pred / ref if ref else 0.0, "model_score": pred / 10, "reference_score": ref / 10}
 
     out = block(list(pairs))
-    for cat in sorted(set(categories)):
+    for cat in sorted(set(categories) - {""}):
         for k, v in block([p for c, p in zip(categories, pairs, strict=True) if c == cat]).items():
-            out[f"{cat}/{k}"] = v
+            out[f"{safe_key(cat)}/{k}"] = v
     return out

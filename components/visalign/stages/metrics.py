@@ -126,7 +126,7 @@ SCORERS: dict[str, Callable[[str, BenchRow], tuple[str | None, bool]]] = {
     MMVET: _score_judged, LLAVA_BENCH: _score_judged}
 
 
-def _safe_key(category: str) -> str:
+def safe_key(category: str) -> str:
     """MLflow metric names allow letters, digits, _ - . space and /; '/' separates levels here."""
     return re.sub(r"[^0-9A-Za-z_\-. ]", "_", category)
 
@@ -146,8 +146,10 @@ def _splits(p: Prediction) -> list[str]:
     return [c.strip() for c in (p.category or "").split(",") if c.strip()]
 
 
-def _yes_no_metrics(preds: Sequence[Prediction]) -> dict[str, float]:
-    """Per split and their mean as the headline (how POPE is reported); `pooled/` over all rows."""
+def _yes_no_metrics(preds: Sequence[Prediction], split_mean: bool = True) -> dict[str, float]:
+    """Per category; the headline is their mean for POPE (`split_mean`: how POPE is reported, its
+    splits random/popular/adversarial) with the pooled figures under pooled/, else the pooled ones
+    (VLMEvalKit's default_rating for other yes/no benchmarks)."""
     rows = [(split, p) for p in preds for split in (_splits(p) or [""])]
     pooled = pope_metrics([p.extracted for _, p in rows], [p.answer for _, p in rows])
     splits = sorted({s for s, _ in rows if s})
@@ -155,10 +157,12 @@ def _yes_no_metrics(preds: Sequence[Prediction]) -> dict[str, float]:
         return pooled
     per = {s: pope_metrics([p.extracted for x, p in rows if x == s], [p.answer for x, p in rows if x == s])
            for s in splits}
+    if not split_mean:
+        return {**pooled, **{f"{safe_key(s)}/{k}": v for s, m in per.items() for k, v in m.items()}}
     out = {k: sum(m[k] for m in per.values()) / len(per) for k in pooled if k != "unknown"}
     out["unknown"] = float(sum(p.extracted == UNKNOWN for p in preds))
     out.update({f"pooled/{k}": v for k, v in pooled.items()})
-    out.update({f"{_safe_key(s)}/{k}": v for s, m in per.items() for k, v in m.items()})
+    out.update({f"{safe_key(s)}/{k}": v for s, m in per.items() for k, v in m.items()})
     return out
 
 
@@ -171,7 +175,7 @@ def _circular_metrics(preds: Sequence[Prediction], golds: dict[str, str | None])
            "unextractable": float(sum(p.extracted is None for p in preds))}
     for cat in sorted({p.category for p in main.values() if p.category}):
         sel = [hits[i] for i, p in main.items() if p.category == cat]
-        out[f"{_safe_key(cat)}/accuracy"] = sum(sel) / len(sel)
+        out[f"{safe_key(cat)}/accuracy"] = sum(sel) / len(sel)
     return out
 
 
@@ -190,11 +194,12 @@ METRICS: dict[str, Callable[[Sequence[Prediction]], dict[str, float]]] = {
 
 
 def benchmark_metrics(task: str, preds: Sequence[Prediction], *, circular_golds: dict[str, str | None] | None = None,
-                      counts: dict[str, float] | None = None) -> dict[str, float]:
+                      counts: dict[str, float] | None = None, split_mean: bool = False) -> dict[str, float]:
     """Overall metrics plus '<category>/<metric>' per category.
 
-    Yes/no: per split and their mean (the headline, what register.target_metric names, e.g.
-    pope/f1), pooled under pooled/. Multiple choice with `circular_golds` (index -> gold letter):
+    Yes/no with `split_mean` (POPE): per split and their mean (the headline, what
+    register.target_metric names, e.g. pope/f1), pooled under pooled/; other yes/no benchmarks:
+    pooled, and per category. Multiple choice with `circular_golds` (index -> gold letter):
     CircularEval. Judge-scored: visalign.stages.judge's metrics. `counts` (judge calls, answers
     the judge read, failures) are added as they are.
     """
@@ -204,13 +209,19 @@ def benchmark_metrics(task: str, preds: Sequence[Prediction], *, circular_golds:
         out = _judged_metrics(task, preds)
     elif task == MULTIPLE_CHOICE and circular_golds is not None:
         out = _circular_metrics(preds, circular_golds)
+    elif task == YES_NO:
+        out = _yes_no_metrics(preds, split_mean)
     else:
         out = dict(METRICS[task](preds))
-        if task != YES_NO:  # yes/no splits are in its own metrics
-            for cat in sorted({p.category for p in preds if p.category}):
-                for k, v in METRICS[task]([p for p in preds if p.category == cat]).items():
-                    out[f"{_safe_key(cat)}/{k}"] = v
+        for cat in sorted({p.category for p in preds if p.category}):
+            for k, v in METRICS[task]([p for p in preds if p.category == cat]).items():
+                out[f"{safe_key(cat)}/{k}"] = v
     return {**out, **{k: float(v) for k, v in (counts or {}).items()}, "n": float(len(preds))}
+
+
+def is_pope(bench: Benchmark) -> bool:
+    """POPE is reported per split and as their mean: VLMEvalKit picks POPE_rating by the name."""
+    return bench.task == YES_NO and "pope" in bench.name.lower()
 
 
 def is_circular(bench: Benchmark, mode: str) -> bool:

@@ -75,3 +75,17 @@ def test_settings_come_from_the_environment_and_never_show_the_key():
         EndpointConfig.from_env("VISALIGN_JUDGE", "evaluate.judge='endpoint'", {"VISALIGN_JUDGE_URL": "http://x"})
     with pytest.raises(ValueError, match="must start with http"):
         EndpointConfig.from_env("VISALIGN_JUDGE", "judge", {**env, "VISALIGN_JUDGE_URL": "judge.example/v1"})
+
+
+def test_a_reply_without_content_is_retried_not_taken_as_an_empty_answer():
+    """A 200 whose content is null (content_filter) must not become "" (it would be cached for good)."""
+    from verifier_standin import StandInEndpoint
+
+    server = StandInEndpoint(script=["null"])
+    try:
+        ep = ChatEndpoint(EndpointConfig(server.url, "m"), RetryPolicy(timeout_s=5, retries=1, backoff_s=0.0))
+        answer = ep.ask(ChatRequest(prompt="Reference: red\nResponse: red"))
+    finally:
+        server.close()
+    assert isinstance(answer, str) and answer.startswith("entails: yes")
+    assert ep.stats["EmptyAnswer"] == 1 and ep.stats["retries"] == 1 and len(server.requests) == 2

@@ -109,19 +109,29 @@ def test_yes_no_headline_is_the_mean_over_splits_and_pooled_is_kept():
     """Splits of different sizes: the mean over splits differs from the pooled figure."""
     preds = ([pred("Yes", "yes", category="random")] * 3 + [pred("No", "yes", category="random")]
              + [pred("Yes", "no", category="adversarial"), pred("No", "no", category="adversarial")])
-    m = benchmark_metrics(evaluate.YES_NO, preds)
+    m = benchmark_metrics(evaluate.YES_NO, preds, split_mean=True)
     assert m["random/f1"] == pytest.approx(2 * 1.0 * 0.75 / 1.75) and m["adversarial/f1"] == 0.0
     assert m["f1"] == pytest.approx((m["random/f1"] + m["adversarial/f1"]) / 2)
     assert m["accuracy"] == pytest.approx((0.75 + 0.5) / 2) and m["pooled/accuracy"] == pytest.approx(4 / 6)
     assert m["pooled/f1"] == pytest.approx(2 * 0.75 * 0.75 / 1.5) and m["n"] == 6
     # VLMEvalKit explodes "a,b" categories: a row counts in both splits
-    both = benchmark_metrics(evaluate.YES_NO, [pred("Yes", "yes", category="random,popular")])
+    both = benchmark_metrics(evaluate.YES_NO, [pred("Yes", "yes", category="random,popular")], split_mean=True)
     assert both["random/recall"] == both["popular/recall"] == 1.0 and both["pooled/accuracy"] == 1.0
 
 
 def test_without_splits_the_pooled_figures_are_the_headline():
-    m = benchmark_metrics(evaluate.YES_NO, [pred("Yes", "yes"), pred("No", "yes")])
+    m = benchmark_metrics(evaluate.YES_NO, [pred("Yes", "yes"), pred("No", "yes")], split_mean=True)
     assert m["recall"] == 0.5 and not any(k.startswith("pooled/") for k in m)
+
+
+def test_other_yes_no_benchmarks_report_pooled_figures_and_categories():
+    """VLMEvalKit's default_rating: the overall accuracy is over all rows, not a mean of categories."""
+    preds = [pred("Yes", "yes", category="a")] * 9 + [pred("No", "yes", category="a"), pred("No", "yes", category="b")]
+    m = benchmark_metrics(evaluate.YES_NO, preds)
+    assert m["accuracy"] == pytest.approx(9 / 11) and m["a/accuracy"] == 0.9 and m["b/accuracy"] == 0.0
+    assert not any(k.startswith("pooled/") for k in m)
+    pope = evaluate.Benchmark("POPE", "x", evaluate.YES_NO, [], 0)
+    assert evaluate.is_pope(pope) and not evaluate.is_pope(evaluate.Benchmark("MME", "x", evaluate.YES_NO, [], 0))
 
 
 OPTIONS = {"A": "dog", "B": "cat", "C": "red circle"}

@@ -154,7 +154,7 @@ def test_a_judge_that_gives_no_answer_fails_the_step_and_keeps_what_it_had(tmp_p
     bench = str(mmvet_tsv(tmp_path / "toy_mmvet.tsv"))
     j = judge.Judge(ChatEndpoint(EndpointConfig(dead, "j"), RetryPolicy(retries=0, max_consecutive_errors=2)),
                     judge.JudgeCache(tmp_path / "c.jsonl"))
-    with pytest.raises(evaluate.JudgeOutage, match=r"gave no answer to \d+ of \d+ calls on base/toy_mmvet"):
+    with pytest.raises(evaluate.JudgeOutage, match=r"gave no answer at all for 3 of 3 rows of base/toy_mmvet"):
         evaluate.run(benchmarks=[bench], models={"base": "B"}, output_dir=str(tmp_path / "o"),
                      params=EvaluateParams(judge="endpoint"), engine_factory=lambda uri, p: ScriptedEngine(ANSWERS),
                      judge=j)
@@ -224,3 +224,47 @@ def test_toy_judge_grades_like_the_prompts_examples():
     assert ToyJudge().answer(judge.mmvet_prompt("What is x?", "-1<AND>-5", "x = -1")) == "0.5"
     assert ToyJudge().answer(judge.mmvet_prompt("What is x?", "-1<AND>-5", "x = -1 or x = -5")) == "1.0"
     assert ToyJudge().answer(judge.mmvet_prompt("What is x?", "-1<AND>-5", "x = 3")) == "0.0"
+
+
+def test_a_judge_that_recovers_on_a_later_try_does_not_fail_the_step(tmp_path, monkeypatch):
+    """No answer at the first try, a score at the second: an outage only when a row got no answer at all."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    bench = str(mmvet_tsv(tmp_path / "toy_mmvet.tsv"))
+    asker = RecordingAsker([None, "1.0", "0.5", "0.2"])
+    evaluate.run(benchmarks=[bench], models={"base": "B"}, output_dir=str(tmp_path / "o"),
+                 params=EvaluateParams(judge="endpoint"), engine_factory=lambda uri, p: ScriptedEngine(ANSWERS),
+                 judge=judge.Judge(asker, judge.JudgeCache(tmp_path / "c.jsonl")))
+    m = json.loads((tmp_path / "o" / "results.json").read_text())["base"]["toy_mmvet"]
+    assert m["judge_unanswered"] == 0 and m["judge_no_answer"] == 1 and m["score"] == pytest.approx((0.2 + 1.0 + 0.5) / 3)
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 3  # the no-answer is not cached
+
+
+def test_answers_are_cached_chunk_by_chunk_and_a_rerun_asks_only_the_rest(tmp_path):
+    """A run killed after the first chunk keeps that chunk's answers."""
+    class Dies(RecordingAsker):
+        def ask_many(self, requests):
+            if len(self.requests) >= judge.Judge.CHUNK:
+                raise KeyboardInterrupt  # the pod is killed
+            return super().ask_many(requests)
+
+    prompts = [f"p{i}" for i in range(judge.Judge.CHUNK + 5)]
+    with pytest.raises(KeyboardInterrupt):
+        judge.Judge(Dies(["0.5"] * len(prompts)), judge.JudgeCache(tmp_path / "c.jsonl")).ask(prompts)
+    again = RecordingAsker(["0.5"] * 5)
+    resumed = judge.Judge(again, judge.JudgeCache(tmp_path / "c.jsonl"))
+    assert resumed.ask(prompts) == ["0.5"] * len(prompts)
+    assert len(again.requests) == 5 and resumed.stats["cache_hits"] == judge.Judge.CHUNK
+
+
+def test_extraction_retries_are_new_calls_not_cache_hits(tmp_path, monkeypatch):
+    """VLMEvalKit asks a deterministic judge again up to 3 times; a cached retry would be no retry."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rows = [{"index": 0, "image": b64_png("red"), "question": "Colour?", "answer": "A", "A": "red", "B": "green"}]
+    bench = str(write_tsv(tmp_path / "mc.tsv", rows))
+    asker = RecordingAsker(["hmm", "unsure", "B"])
+    evaluate.run(benchmarks=[bench], models={"base": "B"}, output_dir=str(tmp_path / "o"),
+                 params=EvaluateParams(judge="endpoint", judge_extraction=True),
+                 engine_factory=lambda uri, p: ScriptedEngine({"Colour?": "crimson-ish"}),
+                 judge=judge.Judge(asker, judge.JudgeCache(None)))
+    m = json.loads((tmp_path / "o" / "results.json").read_text())["base"]["mc"]
+    assert len(asker.requests) == 3 and m["judge_extracted"] == 1 and m["accuracy"] == 0.0
