@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,14 +230,20 @@ def _row_tiles(enc, processor, ids, token_id, num_images, who) -> ImageLayout:
     return out
 
 
+_ROW_COL_TOKENS: weakref.WeakKeyDictionary[Any, dict[int, tuple[int, int]]] = weakref.WeakKeyDictionary()
+
+
 def _row_col_tokens(tokenizer: Any) -> dict[int, tuple[int, int]]:
-    """Idefics3's tile tokens: id of <row_r_col_c> -> (r, c), 1-based."""
-    out = {}
-    for token, tid in tokenizer.get_vocab().items():
-        m = re.fullmatch(r"<row_(\d+)_col_(\d+)>", token)
-        if m:
-            out[tid] = (int(m.group(1)), int(m.group(2)))
-    return out
+    """Idefics3's tile tokens: id of <row_r_col_c> -> (r, c), 1-based. Read from the vocabulary once per
+    tokenizer (every batch asks for them)."""
+    if tokenizer not in _ROW_COL_TOKENS:
+        out = {}
+        for token, tid in tokenizer.get_vocab().items():
+            m = re.fullmatch(r"<row_(\d+)_col_(\d+)>", token)
+            if m:
+                out[tid] = (int(m.group(1)), int(m.group(2)))
+        _ROW_COL_TOKENS[tokenizer] = out
+    return _ROW_COL_TOKENS[tokenizer]
 
 
 def _tile_map(row: list[int], runs: list[list[int]], row_cols: dict[int, tuple[int, int]]):

@@ -151,46 +151,39 @@ def _qwen_ids(tok) -> dict[str, int]:
                 vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
 
 
-def _qwen2_vl():
-    from transformers import Qwen2VLConfig
+def _qwen(config: str, processor: str, text_type: str, vision: dict, **text):
+    """A Qwen-VL family member: its config class and processor, the shared tokenizer and special ids."""
+    import transformers
 
     tok = _qwen_tok()
-    cfg = Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
-                           spatial_merge_size=2, temporal_patch_size=2),
-        text_config=dict(model_type="qwen2_vl_text", **_text(tok), rope_scaling={"type": "mrope",
-                                                                               "mrope_section": [2, 2, 4]}),
-        **_qwen_ids(tok))
-    return tok, _qwen_processor("Qwen2VLProcessor", tok), cfg
+    cfg = getattr(transformers, config)(vision_config=vision,
+                                        text_config=dict(model_type=text_type, **_text(tok), **text), **_qwen_ids(tok))
+    return tok, _qwen_processor(processor, tok), cfg
+
+
+MROPE = {"rope_scaling": {"type": "mrope", "mrope_section": [2, 2, 4]}}
+
+
+def _qwen2_vl():
+    return _qwen("Qwen2VLConfig", "Qwen2VLProcessor", "qwen2_vl_text",
+                 dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
+                      spatial_merge_size=2, temporal_patch_size=2), **MROPE)
 
 
 def _qwen2_5_vl():
-    from transformers import Qwen2_5_VLConfig
-
-    tok = _qwen_tok()
-    cfg = Qwen2_5_VLConfig(
-        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=16,
-                           fullatt_block_indexes=[1]),
-        text_config=dict(model_type="qwen2_5_vl_text", **_text(tok), rope_scaling={"type": "mrope",
-                                                                                 "mrope_section": [2, 2, 4]}),
-        **_qwen_ids(tok))
-    return tok, _qwen_processor("Qwen2_5_VLProcessor", tok), cfg
+    return _qwen("Qwen2_5_VLConfig", "Qwen2_5_VLProcessor", "qwen2_5_vl_text",
+                 dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=8,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1]),
+                 **MROPE)
 
 
 def _qwen3_vl():
-    from transformers import Qwen3VLConfig
-
-    tok = _qwen_tok()
-    cfg = Qwen3VLConfig(
-        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                           deepstack_visual_indexes=[1]),
-        text_config=dict(model_type="qwen3_vl_text", **_text(tok), head_dim=16,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                          "mrope_section": [2, 2, 4], "mrope_interleaved": True}),
-        **_qwen_ids(tok))
-    return tok, _qwen_processor("Qwen3VLProcessor", tok), cfg
+    return _qwen("Qwen3VLConfig", "Qwen3VLProcessor", "qwen3_vl_text",
+                 dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=8,
+                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[1]),
+                 head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                               "mrope_section": [2, 2, 4], "mrope_interleaved": True})
 
 
 def _idefics_like(kind: str):

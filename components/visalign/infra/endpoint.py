@@ -126,7 +126,7 @@ class ChatEndpoint:
         self.config, self.policy, self.name, self.sleep = config, policy, name, sleep
         self.stats: Counter[str] = Counter()
         self.identity = {"backend": "endpoint", "model": config.model,
-                         "url": safe_url(config.url.split("?")[0].rstrip("/") + "/chat/completions")}
+                         "url": safe_url(base.rstrip("/") + "/chat/completions")}
         self.failures_in_a_row, self.tripped = 0, False
         self._lock = threading.Lock()
 

@@ -48,7 +48,6 @@ from visalign.infra.endpoint import (  # noqa: F401 (NO_ANSWER.. re-exported: ca
     EndpointConfig,
     NoAnswer,
     RetryPolicy,
-    safe_url,
 )
 from visalign.recipes import VerifyParams
 

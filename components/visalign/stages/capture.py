@@ -101,11 +101,7 @@ class Capture:
         self.module, self.layer = decoder_attention(model, layer)
         ids = enc["input_ids"]
         self.prompt_len = ids.shape[1]
-        # per row, per image: its [start, end) runs of image tokens (tiled images have several)
-        self.spans = [[layout.runs(b, i) for i in range(len(row))] for b, row in enumerate(layout.tokens)]
-        self.grids = layout.grids  # an image's token map (rows, cols); None if unknown (grid/pic-in-pic refuse it)
-        self.grid_order = [[layout.order(b, i) for i in range(len(row))] for b, row in enumerate(layout.tokens)]
-        self.layout_kind = layout.kind
+        self.layout = layout  # per row, per image: its token positions, token map (grid) and tile order
         batch, device = ids.shape[0], ids.device
         # generation_config.eos_token_id may be None: only real ids go into the stop set
         self.eos = torch.tensor(sorted(i for i in eos_ids if i is not None), dtype=torch.long, device=device)
@@ -155,16 +151,19 @@ class Capture:
     def results(self) -> list[dict[str, Any]]:
         """Per row: layer, generated rows seen, per-image mean attention vectors, token grids, perplexity."""
         out = []
-        for b, spans in enumerate(self.spans):
+        lay = self.layout
+        for b, positions in enumerate(lay.tokens):
             rows = float(self.rows[b])
             mean = (self.attn_sum[b] / rows).tolist() if rows else None
-            images = [[round(mean[i], 8) for s, e in runs for i in range(s, e)] for runs in spans] if mean else None
+            images = [[round(mean[p], 8) for p in image] for image in positions] if mean else None
             tokens = float(self.tokens[b])
             mlp = float(self.logprob_sum[b] / tokens) if tokens else None
-            attention = {"layer": self.layer, "rows": int(rows), "images": images, "grids": self.grids[b],
-                         "layout": self.layout_kind}
-            if any(o is not None for o in self.grid_order[b]):  # tiles joined into one map (Idefics3)
-                attention["grid_order"] = self.grid_order[b]
+            # grids: an image's token map (rows, cols); None if unknown (grid/pic-in-pic refuse it)
+            attention = {"layer": self.layer, "rows": int(rows), "images": images, "grids": lay.grids[b],
+                         "layout": lay.kind}
+            order = [lay.order(b, i) for i in range(len(positions))]
+            if any(o is not None for o in order):  # tiles joined into one map (Idefics3)
+                attention["grid_order"] = order
             out.append({"attention": attention,
                         "mean_max_logprob": mlp, "perplexity": perplexity(mlp) if mlp is not None else None})
         return out

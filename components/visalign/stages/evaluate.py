@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,31 +41,23 @@ from visalign.recipes import ConfigError, EvaluateParams
 from visalign.report import StageReport, progress
 from visalign.schema import Prediction
 from visalign.stages.answer_matching import UNKNOWN, choice_with_judge, yorn_with_judge
-from visalign.stages.benchmarks import (  # noqa: F401 (the task names and row types, re-exported)
-    COT,
+from visalign.stages.benchmarks import (
     JUDGED,
     LLAVA_BENCH,
     MMVET,
     MULTIPLE_CHOICE,
-    SHORT,
     YES_NO,
     Benchmark,
-    BenchRow,
     find_benchmarks,
     read_benchmark,
 )
-from visalign.stages.metrics import (  # noqa: F401 (re-exported: evaluate's metrics, read here by tests)
-    COT_THRESHOLD,
-    MC_PROMPT,
+from visalign.stages.metrics import (
     SCORERS,
-    SHORT_PROMPT,
     benchmark_metrics,
     build_question,
     gold_letter,
     is_circular,
     is_pope,
-    normalize_answer,
-    pope_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -142,14 +135,12 @@ def build_judge(params: EvaluateParams, output_dir: Path):
 
 def _judge_benchmark(bench: Benchmark, preds: list[Prediction], judge: Any, params: EvaluateParams) -> dict[str, float]:
     """Judge scores (MM-Vet, LLaVA-Bench) or judge readings of unreadable answers, in place; the counts."""
-    from collections import Counter
-
     from visalign.stages import judge as judging
 
-    counts: Counter[str] = Counter()
-    rows = {r.index: r for r in bench.rows}
     if judge is None:
         return {}
+    counts: Counter[str] = Counter()
+    rows = {r.index: r for r in bench.rows}
     before = Counter(judge.stats)
     if bench.task == MMVET:
         scores = judging.mmvet_scores(judge, [(p.question, p.answer, p.prediction) for p in preds], counts)
@@ -170,7 +161,7 @@ def _judge_benchmark(bench: Benchmark, preds: list[Prediction], judge: Any, para
                 p.correct = p.extracted is not None and p.extracted == gold_letter(row)
                 counts["judge_extracted"] += p.extracted is not None
             elif bench.task == YES_NO and p.extracted == UNKNOWN:
-                p.extracted = yorn_with_judge(row.question, p.prediction, judge.asker_for_extraction())
+                p.extracted = yorn_with_judge(row.question, p.prediction, ask)
                 p.correct = p.extracted.lower() == row.answer.strip().lower()
                 counts["judge_extracted"] += p.extracted != UNKNOWN
     else:
@@ -203,8 +194,11 @@ def comparison_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_to_mlflow(results: dict[str, Any], output_dir: Path, run_id: str | None) -> str:
+def log_to_mlflow(results: dict[str, Any], output_dir: Path, run_id: str | None,
+                  predictions: dict[tuple[str, str], list[Prediction]]) -> str:
     """'<model>/<bench>/<metric>' metrics, results.json, the comparison and each prediction table."""
+    import dataclasses
+
     import mlflow
 
     from visalign.infra import tracking
@@ -215,11 +209,10 @@ def log_to_mlflow(results: dict[str, Any], output_dir: Path, run_id: str | None)
                 tracking.log_metrics_prefixed(benches, prefix=model)
         mlflow.log_artifact(str(output_dir / schema.RESULTS_FILE), artifact_path="evaluate")
         mlflow.log_artifact(str(output_dir / COMPARISON_FILE), artifact_path="evaluate")
-        for path in sorted((output_dir / "predictions").glob("*/*.jsonl")):
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-            if rows:  # one table per model and benchmark, shown in the MLflow UI's evaluation view
-                table = {k: [r.get(k) for r in rows] for k in rows[0]}
-                mlflow.log_table(table, artifact_file=f"evaluate/predictions/{path.parent.name}/{path.stem}.json")
+        for (model, bench), preds in sorted(predictions.items()):
+            if preds:  # one table per model and benchmark, shown in the MLflow UI's evaluation view
+                table = {f.name: [getattr(p, f.name) for p in preds] for f in dataclasses.fields(Prediction)}
+                mlflow.log_table(table, artifact_file=f"evaluate/predictions/{model}/{bench}.json")
         return active.info.run_id
 
 
@@ -248,10 +241,13 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
                            "environment (on a cluster: the judge Secret), or leave these benchmarks out"])
     circular = {b.name: is_circular(b, params.circular) for b in benches}
     for b in benches:
-        if circular[b.name] and not all(r.index.lstrip("-").isdigit() for r in b.rows):
-            raise ConfigError([f"benchmark {b.name}: CircularEval groups rows by integer index (index % 1e6); "
-                               "this file has non-integer indices: set evaluate.circular=off"])
+        bad_index = [r.index for r in b.rows if not r.index.lstrip("-").isdigit()] if circular[b.name] else []
+        if bad_index:
+            raise ConfigError([f"{b.source}: CircularEval groups rows by integer index (index % 1e6); field 'index' "
+                               f"is not an integer in {len(bad_index)} rows, e.g. {bad_index[:3]}: fix them or set "
+                               "evaluate.circular=off"])
     results: dict[str, Any] = {}
+    predictions: dict[tuple[str, str], list[Prediction]] = {}
     questions, seconds = 0, 0.0
     for name, uri in models.items():
         engine = (engine_factory or default_engine)(uri, params)
@@ -260,11 +256,12 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
             preds, gen_seconds = _answer(engine, bench, params, desc=f"evaluate {name}/{bench.name}")
             counts = _judge_benchmark(bench, preds, judge, params)
             schema.write_rows(out / "predictions" / name / f"{bench.name}.jsonl", preds)
+            predictions[name, bench.name] = preds
             if counts.get("judge_unanswered"):
                 raise JudgeOutage(
                     f"evaluate: the judge {judge.identity.get('url')} (model {judge.identity.get('model')}) gave no "
                     f"answer at all for {counts['judge_unanswered']} of {len(preds)} rows of {name}/{bench.name}; "
-                    f"its answers so far are kept in {judge.cache.path} and a re-run asks only the rest (set "
+                    f"its answers so far are kept in {judge.cache.uri} and a re-run asks only the rest (set "
                     f"evaluate.judge_cache to an s3:// URI so they outlive the pod). Judge stats: {counts}")
             golds = {r.index: gold_letter(r) for r in bench.rows} if circular[bench.name] else None
             results[name][bench.name] = benchmark_metrics(bench.task, preds, circular_golds=golds, counts=counts,
@@ -281,7 +278,7 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
     (out / schema.RESULTS_FILE).write_text(json.dumps(results, indent=2))
     (out / COMPARISON_FILE).write_text(comparison_markdown(results))
     if mlflow_run_id or os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow_run_id = log_to_mlflow(results, out, mlflow_run_id)
+        mlflow_run_id = log_to_mlflow(results, out, mlflow_run_id, predictions)
     report.extra.update(
         models=dict(models), benchmarks=results["_meta"]["benchmarks"], predictions=questions,
         generation_seconds=round(seconds, 3),

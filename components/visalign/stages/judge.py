@@ -142,20 +142,18 @@ class JudgeCache:
 
         self.uri = str(uri) if uri else None
         self.answers: dict[str, str] = {}
-        self._lines: list[str] = []
         self._lock = threading.Lock()
         if self.uri and store.exists(self.uri):
             for n, line in enumerate(store.read_text(self.uri).splitlines(), start=1):
                 try:
                     row = json.loads(line)
                     self.answers[row["key"]] = row["answer"]
-                    self._lines.append(line)
                 except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a kill
                     log.warning("judge cache %s: line %d unreadable; it will be asked again", self.uri, n)
 
-    @property
-    def path(self) -> str | None:
-        return self.uri
+    @staticmethod
+    def _lines(items: dict[str, str]) -> str:
+        return "".join(json.dumps({"key": k, "answer": v}) + "\n" for k, v in items.items())
 
     def add(self, items: dict[str, str]) -> None:
         from visalign.infra import store
@@ -166,15 +164,13 @@ class JudgeCache:
             self.answers.update(items)
             if not self.uri:
                 return
-            new = [json.dumps({"key": k, "answer": v}) for k, v in items.items()]
-            self._lines += new
-            if store.is_s3(self.uri):  # objects cannot be appended to: the whole file, rewritten
-                store.write_text(self.uri, "\n".join(self._lines) + "\n")
+            if store.is_s3(self.uri):  # objects cannot be appended to: every answer, rewritten
+                store.write_text(self.uri, self._lines(self.answers))
             else:
                 path = Path(self.uri)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "a", encoding="utf-8") as f:
-                    f.writelines(line + "\n" for line in new)
+                    f.write(self._lines(items))
 
 
 class Judge:
@@ -184,7 +180,7 @@ class Judge:
     URL, so the same judge behind another address (a restarted server) reuses its answers; `attempt`
     keeps the retries of a deterministic judge (VLMEvalKit asks again at the same temperature) apart."""
 
-    CHUNK = 32  # answers between cache writes: a kill loses at most this many calls' answers
+    CHUNK = 64  # answers between cache writes: a kill loses at most this many calls' answers
 
     def __init__(self, asker: Asker, cache: JudgeCache, max_tokens: int = 2048):
         self.asker, self.cache, self.max_tokens = asker, cache, max_tokens
@@ -203,9 +199,8 @@ class Judge:
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self.cache.answers}.values())
         hits = len(prompts) - len(todo)
         self.stats.update({"cache_hits": hits} if hits else {})
-        step = self.CHUNK * max(1, getattr(getattr(self.asker, "policy", None), "concurrency", 1))
-        for start in range(0, len(todo), step):
-            chunk = todo[start:start + step]
+        for start in range(0, len(todo), self.CHUNK):
+            chunk = todo[start:start + self.CHUNK]
             answers = self.asker.ask_many([ChatRequest(prompt=prompts[i], temperature=temperature,
                                                        max_tokens=self.max_tokens, system=system) for i in chunk])
             got = {keys[i]: a for i, a in zip(chunk, answers, strict=True) if isinstance(a, str)}

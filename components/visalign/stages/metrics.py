@@ -189,8 +189,9 @@ def _judged_metrics(task: str, preds: Sequence[Prediction]) -> dict[str, float]:
                                              p.score if p.score is not None else -1.0) for p in preds])
 
 
+# Yes/no (per split or pooled), CircularEval and judge-scored tasks have their own functions above.
 METRICS: dict[str, Callable[[Sequence[Prediction]], dict[str, float]]] = {
-    MULTIPLE_CHOICE: _mc_metrics, YES_NO: _yes_no_metrics, SHORT: _accuracy_metrics, COT: _mc_metrics}
+    MULTIPLE_CHOICE: _mc_metrics, SHORT: _accuracy_metrics, COT: _mc_metrics}
 
 
 def benchmark_metrics(task: str, preds: Sequence[Prediction], *, circular_golds: dict[str, str | None] | None = None,

@@ -220,6 +220,18 @@ def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+def held_out_images(world_dir: str | os.PathLike) -> dict[str, W.Scene]:
+    """toy_short's benchmark images (base64, first use) and their scenes: the held-out images the
+    later benchmarks (toy_steps, toy_mmvet) ask about, never a train image."""
+    bench = Path(world_dir) / "benchmarks"
+    scenes = [W.Scene.from_dict(d) for d in _read_json(bench / "toy_short.scenes.json")]
+    by_image: dict[str, W.Scene] = {}
+    for row, scene in zip(read_tsv(bench / "toy_short.tsv"), scenes, strict=True):
+        if len(row["image"]) > 64:  # a row holding its own image (not a reference to another row)
+            by_image.setdefault(row["image"], scene)
+    return by_image
+
+
 def check_disjoint(world_dir: str | os.PathLike) -> None:
     """Re-read what was written: no benchmark image may equal a seed or train image."""
     world_dir = Path(world_dir)

@@ -53,19 +53,14 @@ def _questions(scene: W.Scene, i: int, rng: np.random.Generator) -> list[tuple[s
 
 def write_judged_data(world_dir: str | Path, *, seed: int = 0) -> int:
     """benchmarks/toy_mmvet.tsv for a built world (kept when present); its row count."""
-    from visalign.toyworld.export import TSV_COLUMNS, read_tsv
+    from visalign.toyworld.export import TSV_COLUMNS, held_out_images, read_tsv
 
     world = Path(world_dir)
     path = world / "benchmarks" / f"{MMVET_BENCHMARK}.tsv"
     if path.exists():
         return len(read_tsv(path))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
-    short = read_tsv(world / "benchmarks" / "toy_short.tsv")
-    scenes = [W.Scene.from_dict(d) for d in json.loads((world / "benchmarks" / "toy_short.scenes.json").read_text())]
-    by_image: dict[str, W.Scene] = {}
-    for row, scene in zip(short, scenes, strict=True):
-        if len(row["image"]) > 64:  # a row holding its own image (not a reference to another row)
-            by_image.setdefault(row["image"], scene)
+    by_image = held_out_images(world)
     n = 0
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:

@@ -95,7 +95,7 @@ def _scenes(path: Path) -> list[W.Scene]:
 
 def write_step_data(world_dir: str | Path, *, seed: int = 0, per_image: int = 2) -> dict[str, int]:
     """seeds/steps.json and benchmarks/toy_steps.tsv for a built world (skipped when present)."""
-    from visalign.toyworld.export import TSV_COLUMNS, read_tsv
+    from visalign.toyworld.export import TSV_COLUMNS, held_out_images, read_tsv
 
     world = Path(world_dir)
     seeds_path, bench_path = world / "seeds" / STEPS_SEEDS, world / "benchmarks" / f"{STEPS_BENCHMARK}.tsv"
@@ -114,13 +114,7 @@ def write_step_data(world_dir: str | Path, *, seed: int = 0, per_image: int = 2)
             turns += [{"from": "human", "value": f"<image>\n{OPEN_QUESTION}"}, {"from": "gpt", "value": None}]
         rows.append({"id": stable_id("toyworld", "steps", rel), "image": rel, "conversations": turns})
     seeds_path.write_text(json.dumps(rows, indent=1))
-    # The benchmark reuses toy_short's held-out images (their scenes are stored in row order).
-    short = read_tsv(world / "benchmarks" / "toy_short.tsv")
-    short_scenes = _scenes(world / "benchmarks" / "toy_short.scenes.json")
-    by_image: dict[str, W.Scene] = {}
-    for row, scene in zip(short, short_scenes, strict=True):
-        if len(row["image"]) > 64:  # a row holding its own image (not a reference to another row)
-            by_image.setdefault(row["image"], scene)
+    by_image = held_out_images(world)  # toy_short's held-out images and their scenes
     n = 0
     with open(bench_path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")

@@ -95,7 +95,7 @@ def test_train_refuses_a_max_length_that_cuts_image_tokens_before_training(tiny_
 
 def test_multi_image_benchmarks_are_vlmevalkit_rows_evaluate_reads(tmp_path):
     from visalign.report import StageReport
-    from visalign.stages import evaluate
+    from visalign.stages import benchmarks, evaluate
     from visalign.toyworld import build_world, check_disjoint, read_tsv
 
     info = build_world(tmp_path / "w", seed=3, num_seed_images=20, num_train_images=20, num_bench_images=12)
@@ -110,7 +110,7 @@ def test_multi_image_benchmarks_are_vlmevalkit_rows_evaluate_reads(tmp_path):
     report = StageReport("evaluate")
     seq = evaluate.read_benchmark(str(tmp_path / "w" / "benchmarks" / "toy_multi_seq.tsv"), report)
     grid = evaluate.read_benchmark(str(tmp_path / "w" / "benchmarks" / "toy_multi_grid.tsv"), report)
-    assert not report.dropped and seq.task == grid.task == evaluate.SHORT
+    assert not report.dropped and seq.task == grid.task == benchmarks.SHORT
     assert [len(r.images) for r in seq.rows] == [len(json.loads(r["image"])) for r in rows]
     assert all(len(r.images) == 1 and r.question.startswith("In Image") for r in grid.rows)
 

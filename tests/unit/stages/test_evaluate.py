@@ -15,13 +15,9 @@ from visalign import schema
 from visalign.recipes import EvaluateParams
 from visalign.report import StageReport, read_report
 from visalign.schema import Prediction
-from visalign.stages import evaluate
-from visalign.stages.evaluate import (
-    BenchRow,
-    benchmark_metrics,
-    normalize_answer,
-    pope_metrics,
-)
+from visalign.stages import benchmarks, evaluate
+from visalign.stages.benchmarks import BenchRow
+from visalign.stages.metrics import benchmark_metrics, normalize_answer, pope_metrics
 from visalign.stages.rollout import GenerationResult
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -183,7 +179,7 @@ def test_short_answer_normalisation(text, norm):
 
 def test_short_answer_scoring_is_exact_match_after_normalisation():
     row = BenchRow(index="1", images=[], question="q", answer="red circle")
-    score = evaluate.SCORERS[evaluate.SHORT]
+    score = evaluate.SCORERS[benchmarks.SHORT]
     assert score("The red circle.", row) == ("red circle", True)
     assert score("a red circle on white", row)[1] is False
 
@@ -221,7 +217,7 @@ def test_reads_multi_image_rows_image_refs_and_counts_malformed_rows(tmp_path):
 def test_task_type_follows_from_columns_and_answers(tmp_path):
     assert evaluate.read_benchmark(str(mc_tsv(tmp_path / "mc.tsv")), StageReport("e")).task == evaluate.MULTIPLE_CHOICE
     assert evaluate.read_benchmark(str(pope_tsv(tmp_path / "p.tsv")), StageReport("e")).task == evaluate.YES_NO
-    assert evaluate.read_benchmark(str(short_tsv(tmp_path / "s.tsv")), StageReport("e")).task == evaluate.SHORT
+    assert evaluate.read_benchmark(str(short_tsv(tmp_path / "s.tsv")), StageReport("e")).task == benchmarks.SHORT
 
 
 def test_prompts_follow_the_llava_templates(tmp_path):

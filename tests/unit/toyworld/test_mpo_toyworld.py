@@ -6,7 +6,7 @@ import json
 import pytest
 
 from visalign.report import StageReport
-from visalign.stages import correctness, evaluate
+from visalign.stages import benchmarks, correctness, evaluate
 from visalign.toyworld import steps
 from visalign.toyworld import world as W
 
@@ -46,7 +46,7 @@ def test_seeds_mix_ground_truth_and_open_questions_and_benchmark_is_held_out(wor
     answers = [t["value"] for r in rows for t in r["conversations"][1::2]]
     assert None in answers and any(a is not None for a in answers)  # both pair builders get seeds
     bench = evaluate.read_benchmark(str(w / "benchmarks" / "toy_steps.tsv"), StageReport("t"))
-    assert bench.task == evaluate.COT and counts["step_bench"] == len(bench.rows) > 0
+    assert bench.task == benchmarks.COT and counts["step_bench"] == len(bench.rows) > 0
     assert {r.category for r in bench.rows} <= set(steps.KINDS)
     from visalign.toyworld.export import check_disjoint, decode_image, read_tsv
 
@@ -66,9 +66,9 @@ def test_evaluate_cot_prompt_and_scoring(world):
     row = bench.rows[0]
     from visalign.recipes.registry import COT_INSTRUCTION
 
-    assert evaluate.build_question(row, evaluate.COT) == f"{row.question}\n{COT_INSTRUCTION}"
-    assert evaluate.SCORERS[evaluate.COT](f"Looking.\nFinal answer: {row.answer}", row) == (row.answer, True)
-    assert evaluate.SCORERS[evaluate.COT](row.answer, row) == (None, False)  # no rationale: format failure
+    assert evaluate.build_question(row, benchmarks.COT) == f"{row.question}\n{COT_INSTRUCTION}"
+    assert evaluate.SCORERS[benchmarks.COT](f"Looking.\nFinal answer: {row.answer}", row) == (row.answer, True)
+    assert evaluate.SCORERS[benchmarks.COT](row.answer, row) == (None, False)  # no rationale: format failure
 
 
 def test_unknown_answer_type_in_a_benchmark_is_dropped_with_its_row(world, tmp_path):
