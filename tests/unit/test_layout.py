@@ -1,7 +1,8 @@
 """The package layout's rules (README "Layout"), read from every module's imports, late ones included.
 
 Layers, lowest first; a module imports only from its own layer or below:
-  0 contract   visalign.schema, visalign.report, visalign.recipes (recipes import nothing else of visalign)
+  0 contract   visalign.errors, visalign.inputs, visalign.schema, visalign.report, visalign.recipes (recipes
+               import nothing else of visalign)
   1 infra      visalign.infra
   2 models     visalign.models, visalign.image_layout
   3 stages     visalign.stages
@@ -20,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "components" / "visalign"
 PAPERS = ("visalign.mia_dpo", "visalign.mpo", "visalign.ipa")
 LAYERS = [
-    ("visalign.schema", "visalign.report", "visalign.recipes"),
+    ("visalign.errors", "visalign.inputs", "visalign.schema", "visalign.report", "visalign.recipes"),
     ("visalign.infra",),
     ("visalign.models", "visalign.image_layout"),
     ("visalign.stages",),
