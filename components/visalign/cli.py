@@ -8,9 +8,12 @@ stays fast (torch is not imported for it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import traceback
 
+from visalign.errors import StageError
 from visalign.recipes import ConfigError
 from visalign.report import setup_logging
 
@@ -37,13 +40,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visalign", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="Show the traceback of an expected error (bad input, configuration, an outage) too.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    wanted = next((a for a in argv if not a.startswith("-")), None)  # the subcommand, after any --debug
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == wanted:  # import only the module that will run
             importlib.import_module(module).configure_parser(p)
     return parser
+
+
+# Stage arguments that name an input directory, and the one that names the output (local or s3://).
+INPUT_DIRS = ("prompts", "views", "responses", "pairs", "state")
+
+
+def _run(module, args: argparse.Namespace) -> int:
+    """The subcommand, with s3:// input directories synced to local copies and an s3:// --output
+    staged locally and uploaded when it ends (visalign.infra.staging)."""
+    uris = [name for name in (*INPUT_DIRS, "output") if "://" in str(getattr(args, name, None) or "")]
+    if not uris:
+        return int(module.cli(args) or 0)
+    from visalign.infra import staging
+
+    with contextlib.ExitStack() as stack:
+        for name in uris:
+            value = getattr(args, name)
+            setattr(args, name, stack.enter_context(staging.staged_output(value)) if name == "output"
+                    else staging.local_input(value))
+        return int(module.cli(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.cli(args) or 0)
-    except ConfigError as e:
-        print(f"visalign {args.command}: {e}", file=sys.stderr)
+        return _run(module, args)
+    except (ConfigError, StageError) as e:  # expected: the message says what to do; anything else is a bug
+        if args.debug:
+            traceback.print_exc()
+        print(f"visalign {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

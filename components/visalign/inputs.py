@@ -141,3 +141,13 @@ def confine(root: str, rel: str, where: str, allow_outside: bool = False) -> str
         raise InputError(where, f"image path {rel!r} leads outside the seed directory {root} (to {normal}); keep "
                          "images under it, set --image-root, or set sample.images_outside_root=true to allow it")
     return joined if "://" in joined else normal
+
+
+def output_path(output_dir: str | os.PathLike) -> Path:
+    """A stage's output directory as a local path; a URI is refused (the `visalign` command stages s3://
+    outputs in a local directory and uploads them: visalign.infra.staging), never made a folder named 's3:'."""
+    text = str(output_dir)
+    if "://" in text:
+        raise InputError(text, "a stage writes to a local directory; give a local path, or run the stage through "
+                         "`visalign <stage> --output s3://...`, which writes locally and uploads at the end")
+    return Path(text)

@@ -15,9 +15,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visalign.errors import InputError
 from visalign.schema import ModelCard, read_model_card
 
 log = logging.getLogger(__name__)
+
+# Opt-ins, off by default: pickle weights run code when loaded, and so does a repository's own code.
+ALLOW_PICKLE_ENV = "VISALIGN_ALLOW_PICKLE_WEIGHTS"
+TRUST_REMOTE_CODE_ENV = "VISALIGN_TRUST_REMOTE_CODE"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tekken.json")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def loading_policy() -> dict[str, bool]:
+    """How models are loaded here (recorded in every model card train writes)."""
+    return {"safetensors_only": not _flag(ALLOW_PICKLE_ENV), "trust_remote_code": _flag(TRUST_REMOTE_CODE_ENV)}
+
+
+def check_weights(path: Path) -> None:
+    """Refuse a directory whose weights are pickle files only, unless VISALIGN_ALLOW_PICKLE_WEIGHTS opts in:
+    unpickling can run any code the file holds (torch's weights_only guard is all that stops it)."""
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if any(f.endswith(".safetensors") for f in files) or not loading_policy()["safetensors_only"]:
+        return
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES) and not f.startswith("training_args"))
+    if pickles:
+        raise InputError(path, f"holds pickle weights only ({', '.join(pickles[:3])}); pickle files can run code when "
+                         "loaded, so only safetensors load by default. Convert them (model.save_pretrained(dir, "
+                         f"safe_serialization=True)) or, for a file you trust, set {ALLOW_PICKLE_ENV}=1")
 
 
 @dataclass
@@ -37,7 +66,7 @@ def local_dir(uri: str | os.PathLike) -> Path:
         return Path(store.local_path(uri))
     path = Path(uri.removeprefix("file://"))
     if not path.is_dir():
-        raise FileNotFoundError(f"model {uri}: no such directory; pass a Hugging Face model directory or s3:// URI")
+        raise InputError(f"model {uri}", "no such directory; pass a Hugging Face model directory or s3:// URI")
     return path
 
 
@@ -116,8 +145,12 @@ def load_processor(path: Path):
     from transformers import AutoProcessor
 
     path = Path(path)
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise InputError(path, f"no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); save the processor beside "
+                         "the model (processor.save_pretrained(dir)), or copy them from the base model")
+    trust = loading_policy()["trust_remote_code"]
     try:
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust)
     except (OSError, ImportError, AttributeError, ValueError) as e:
         _raise_if_extra_missing(path, e)
         cls = _processor_class(path)
@@ -141,10 +174,22 @@ def load_processor(path: Path):
     return processor
 
 
-def load_model(uri: str | os.PathLike, *, dtype: str = "auto", device: str | None = None) -> LoadedModel:
-    """Load a full model or base + adapter for inference, in eval mode on `device`."""
+def from_pretrained(path: Path, **kwargs: Any):
+    """AutoModelForImageTextToText.from_pretrained under the loading policy: safetensors only and no
+    repository code unless opted in (VISALIGN_ALLOW_PICKLE_WEIGHTS, VISALIGN_TRUST_REMOTE_CODE)."""
     from transformers import AutoModelForImageTextToText
 
+    policy = loading_policy()
+    if not (path / "config.json").exists():
+        raise InputError(path, "no config.json: not a Hugging Face model directory (save it with save_pretrained)")
+    check_weights(path)
+    return AutoModelForImageTextToText.from_pretrained(
+        path, use_safetensors=True if policy["safetensors_only"] else None,
+        trust_remote_code=policy["trust_remote_code"], **kwargs)
+
+
+def load_model(uri: str | os.PathLike, *, dtype: str = "auto", device: str | None = None) -> LoadedModel:
+    """Load a full model or base + adapter for inference, in eval mode on `device`."""
     device = device or pick_device()
     path = local_dir(uri)
     card = read_model_card(path)
@@ -155,10 +200,11 @@ def load_model(uri: str | os.PathLike, *, dtype: str = "auto", device: str | Non
         if not card.base:
             raise ValueError(f"{path}/visalign_model.json: field 'base': an adapter needs its base model's URI")
         base = load_model(card.base, dtype=dtype, device=device)
+        check_weights(path)
         model = PeftModel.from_pretrained(base.model, path)
         processor = load_processor(path) if (path / "processor_config.json").exists() else base.processor
     else:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
+        model = from_pretrained(path, dtype=torch_dtype)
         processor = load_processor(path)
     model.to(device).eval()
     log.info("loaded %s (%s) on %s as %s", uri, type(model).__name__, device, torch_dtype)

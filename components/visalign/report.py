@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from visalign.errors import EmptyResult
 from visalign.schema import REPORT_FILE
 
 log = logging.getLogger("visalign")
@@ -60,14 +61,24 @@ class StageReport:
             **self.extra,
         }
 
-    def write(self, output_dir: str | os.PathLike) -> Path:
+    def write(self, output_dir: str | os.PathLike, allow_empty: bool = False) -> Path:
+        """Write report.json; then, unless allow_empty, fail the stage (EmptyResult) when no row came
+        out: the next stage would only fail later, further from the reason."""
         self.finish()
         path = Path(output_dir) / REPORT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
         log.info("%s: %d in, %d out, dropped %s, %.1f s", self.stage, self.rows_in, self.rows_out,
                  dict(self.dropped) or "none", self.seconds)
+        if self.rows_out == 0 and not allow_empty:
+            raise EmptyResult(self.empty_message(path))
         return path
+
+    def empty_message(self, path: str | os.PathLike | None = None) -> str:
+        reasons = "; ".join(f"{n} {reason} (e.g. {self.examples[reason][0]})" if self.examples.get(reason)
+                            else f"{n} {reason}" for reason, n in self.dropped.most_common())
+        return (f"{self.stage}: no rows out of {self.rows_in} in; dropped: {reasons or 'none'}"
+                + (f"; the report is {path}" if path else ""))
 
 
 def read_report(output_dir: str | os.PathLike) -> dict[str, Any]:

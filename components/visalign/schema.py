@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from visalign.errors import StageError
+
 PROMPTS_FILE = "prompts.jsonl"
 VIEWS_FILE = "views.jsonl"
 RESPONSES_FILE = "responses.jsonl"
@@ -33,7 +35,7 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.json"
 
 
-class SchemaError(ValueError):
+class SchemaError(StageError, ValueError):
     """A row does not match the contract; the message names the file, row and field."""
 
     def __init__(self, file: str | os.PathLike, row: int, field_name: str, problem: str):
@@ -117,6 +119,8 @@ class ModelCard:
     data: dict[str, Any] = field(default_factory=dict)  # pairs count, pairs artifact id, ...
     mlflow_run_id: str | None = None
     merged: str | None = None  # sub-directory with the merged model, when asked for
+    # How the base was loaded (visalign.models.loading_policy): safetensors only, trust_remote_code.
+    loading: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

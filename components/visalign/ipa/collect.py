@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema
+from visalign.inputs import BadImage, output_path
 from visalign.recipes import IpaParams, Recipe
 from visalign.report import StageReport, progress
 from visalign.schema import Prompt, Response
@@ -205,7 +206,7 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
     if not 1 <= round_index <= params.rounds:
         raise ValueError(f"round_index={round_index}: must be in [1, ipa.rounds={params.rounds}]")
     report = StageReport("ipa-collect")
-    out = Path(output_dir)
+    out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts, pending_in = pending_prompts(schema.read_rows(Path(prompts_dir) / schema.PROMPTS_FILE), state_dir,
                                           report)
@@ -235,8 +236,8 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
         for p in todo[i:i + chunk_size]:
             try:
                 chunk.append((p, open_images(prompts_dir, p.images)))
-            except OSError as e:
-                report.drop("unreadable_image", f"prompt {p.id} ({p.source} row {p.source_row}): {e}")
+            except BadImage as e:
+                report.drop(e.reason, f"prompt {p.id} ({p.source} row {p.source_row}): {e}")
         schema.append_rows(ckpt, _collect_chunk(chunk, engines[0], engines[1], params, round_index, reference_guided,
                                                 recipe.rollout.num_samples))
     rows = schema.read_rows(ckpt)

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema
+from visalign.errors import StageError
+from visalign.inputs import BadImage, output_path
 from visalign.ipa.collect import PENDING_FILE
 from visalign.ipa.verify import ERROR, REJECTED, VERIFIED, Verdict, Verifier, VerifyItem, verify
 from visalign.recipes import Recipe
@@ -48,7 +50,7 @@ ROUNDS_FILE = "rounds.json"
 COMBINATIONS = ("paired", "over_cap", "equal_text", "duplicate_text")
 
 
-class VerifierOutage(RuntimeError):
+class VerifierOutage(StageError):
     """Too many of a round's verdicts are errors: the verifier gave no answer."""
 
 
@@ -133,8 +135,8 @@ def _verify_all(candidates: list[Response], prompts: dict[str, Prompt], prompts_
             p = prompts[c.prompt_id]
             try:
                 images = open_images(prompts_dir, p.images)
-            except OSError as e:
-                report.drop("unreadable_image", f"prompt {p.id}: {e}")
+            except BadImage as e:
+                report.drop(e.reason, f"prompt {p.id}: {e}")
                 continue
             items.append(VerifyItem(id=c.id, question=p.question, reference=p.reference or "", response=c.text,
                                     images=images))
@@ -164,7 +166,7 @@ def _check_outage(verdicts: dict[str, Verdict], verifier: Verifier, recipe: Reci
            "A re-run asks only the candidates without a verdict (errors are not checkpointed); to go on with "
            "fewer pairs, raise verify.max_error_share.")
     report.extra.update(failed=msg, verifier=verifier.identity, error_reasons=dict(errors), endpoint=stats or None)
-    report.write(out)
+    report.write(out, allow_empty=True)  # the outage is the error to raise
     raise VerifierOutage(msg)
 
 
@@ -184,7 +186,7 @@ def run(*, prompts_dir: str, candidates_dir: str, output_dir: str, recipe: Recip
         verifier: Verifier, state_dir: str | None = None) -> StageReport:
     """Verify the round's candidates, pair them, merge with the pairs so far, list the pending seeds."""
     report = StageReport("ipa-pairs")
-    out = Path(output_dir)
+    out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = {p.id: p for p in schema.read_rows(Path(prompts_dir) / schema.PROMPTS_FILE)}
     candidates = _read_candidates(candidates_dir, prompts, prompts_dir, report)

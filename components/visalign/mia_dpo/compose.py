@@ -32,7 +32,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from visalign import schema
+from visalign import inputs, schema
+from visalign.inputs import output_path
 from visalign.recipes import ComposeParams
 from visalign.report import StageReport, progress
 from visalign.schema import Prompt
@@ -163,8 +164,7 @@ class ImagePool:
         return self._digests[rel]
 
     def open(self, rel: str) -> Image.Image:
-        with Image.open(self.dir / rel) as im:
-            return im.convert("RGB")  # convert() decodes fully: a truncated file fails here
+        return inputs.load_rgb(self.dir / rel, f"{self.dir}/{rel}")  # decoded fully: a truncated file fails here
 
     def group(self, prompt: Prompt) -> tuple[str, str]:
         folder = prompt.meta.get("image_group", "") if self.group_by == "image_dir" else ""
@@ -182,8 +182,8 @@ class ImagePool:
                 break
             try:
                 picked.append((rel, self.open(rel)))
-            except OSError as e:
-                self.bad[rel] = f"{type(e).__name__}: {e}"
+            except inputs.BadImage as e:
+                self.bad[rel] = str(e)
                 log.warning("compose: distractor %s skipped: %s", rel, e)
         if len(picked) < n:
             raise TooFewDistractors(f"prompt {prompt.id} ({prompt.source} row {prompt.source_row}): needs {n} "
@@ -273,7 +273,7 @@ def pick_format(prompt_id: str, params: ComposeParams) -> tuple[str, random.Rand
 def run(*, prompts_dir: str, output_dir: str, params: ComposeParams) -> StageReport:
     """A multi-image prompt per seed prompt (with a reference answer), written as prompts.jsonl."""
     report = StageReport("compose")
-    src, out = Path(prompts_dir), Path(output_dir)
+    src, out = Path(prompts_dir), output_path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     seeds = schema.read_rows(src / schema.PROMPTS_FILE)
     report.rows_in = len(seeds)
@@ -290,8 +290,8 @@ def run(*, prompts_dir: str, output_dir: str, params: ComposeParams) -> StageRep
         fmt, rng = pick_format(p.id, params)
         try:
             target = pool.open(p.images[0])
-        except OSError as e:
-            report.drop("unreadable_image", f"{where}: field 'images' ({p.images[0]}): {e}")
+        except inputs.BadImage as e:
+            report.drop(e.reason, f"{where}: field 'images' ({p.images[0]}): {e}")
             continue
         try:
             composed.append(BUILDERS[fmt](p, target, pool, rng, params, out))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visalign import schema
+from visalign.inputs import output_path
 from visalign.mia_dpo import attention
 from visalign.recipes import GRID_THRESHOLD_IMAGES, SEQUENCE_THRESHOLD_IMAGES, FilterParams, SelectParams
 from visalign.report import StageReport
@@ -166,7 +167,7 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: Select
 
     `recipe` (the resolved one, when the caller has it) is logged to MLflow; else only `params`."""
     report = StageReport("select")
-    out = Path(output_dir)
+    out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = {p.id: p for p in schema.read_rows(Path(prompts_dir) / schema.PROMPTS_FILE)}
     responses = schema.read_rows(Path(responses_dir) / schema.RESPONSES_FILE)

@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from visalign import schema
+from visalign.inputs import output_path
 from visalign.recipes import MpoPairsParams
 from visalign.report import StageReport
 from visalign.schema import Pair, Prompt, Response
@@ -147,7 +148,7 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: MpoPai
         engine: GenerationEngine | None = None) -> StageReport:
     """Correctness pairs for prompts with a reference, DropoutNTP pairs (needs `model`) for the rest."""
     report = StageReport("mpo_pairs")
-    out = Path(output_dir)
+    out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = schema.read_rows(Path(prompts_dir) / schema.PROMPTS_FILE)
     by_prompt: dict[str, list[Response]] = defaultdict(list)

@@ -38,6 +38,8 @@ class SampleParams:
         (SHORT_ANSWER_SUFFIX,), "Suffixes removed from questions (SeVa strips LLaVA's short-answer suffix)."
     )
     seed: int = _p(0, "Random seed for picking.")
+    images_outside_root: bool = _p(False, "Allow LLaVA rows whose image path leads outside the image root (../, "
+                                   "absolute paths, other URIs); off, such rows are dropped and counted.")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class RolloutParams:
     max_new_tokens: int = _p(512, "Longest answer in tokens (SeVa and MIA-DPO: 512).")
     dtype: str = _p("auto", "Model dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")
     checkpoint_every: int = _p(64, "Append finished responses to disk every this many prompts (resumable).")
+    resume_mismatch: str = _p("refuse", "When the output holds responses made with another model, other prompts or "
+                              "other parameters: refuse (fail, naming what changed) or restart (discard them).")
     capture_attention: bool = _p(False, "Record, per response, one decoder layer's attention from the generated "
                                  "tokens to each image and the per-token max-softmax (MIA-DPO's selection needs it).")
     attention_layer: int | None = _p(None, "Decoder layer (0-based) whose attention is recorded; None = the middle "

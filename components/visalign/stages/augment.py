@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from visalign import recipes, schema
+from visalign import inputs, recipes, schema
+from visalign.errors import InputError
+from visalign.inputs import output_path
 from visalign.recipes import AugmentParams
 from visalign.report import StageReport, progress
 from visalign.stages.augment_pixel import PIXEL_RECIPES
@@ -151,18 +153,10 @@ def apply_to_pixel_values(pixel_values: torch.Tensor, view: schema.View) -> torc
 
 # ---- the stage --------------------------------------------------------------------------------
 
-class _UnreadableImage(Exception):
-    pass
-
-
 def _open_image(path: Path) -> Image.Image:
-    """Decode fully now (PIL opens lazily), so a truncated file fails here and not in rollout."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")  # the processors convert to RGB too; our ops assume it
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise _UnreadableImage(f"image {path}: {type(e).__name__}: {e}") from None
+    """Decoded fully now (a truncated file fails here, not in rollout), in RGB as the processors
+    convert it and our ops assume; a BadImage names it."""
+    return inputs.load_rgb(path, f"image {path}")
 
 
 def _make_view(aug: Augmentation, prompt: schema.Prompt, seed: int, view_id: str,
@@ -187,10 +181,10 @@ def run(*, prompts_dir: str, output_dir: str, params: AugmentParams) -> StageRep
     # Resolve and validate the augmentation before touching any file.
     aug = get(params.name)
     vparams = aug.view_params(params)
-    src, out = Path(prompts_dir), Path(output_dir)
+    src, out = Path(prompts_dir), output_path(output_dir)
     prompts_file = src / schema.PROMPTS_FILE
     if not prompts_file.exists():
-        raise FileNotFoundError(f"{prompts_file}: not found; --prompts must be the sample stage's output directory")
+        raise InputError(prompts_file, "not found; --prompts must be the sample stage's output directory")
     prompts = schema.read_rows(prompts_file, schema.Prompt)
     out.mkdir(parents=True, exist_ok=True)
     if aug.space == "pixel":
@@ -210,8 +204,8 @@ def run(*, prompts_dir: str, output_dir: str, params: AugmentParams) -> StageRep
         view_id = schema.stable_id(prompt.id, aug.name, vparams, seed)
         try:
             images = _make_view(aug, prompt, seed, view_id, src, out)
-        except _UnreadableImage as e:
-            report.drop("unreadable_image", f"{where}: {e}")
+        except inputs.BadImage as e:
+            report.drop(e.reason, f"{where}: {e}")
             continue
         views.append(schema.View(id=view_id, prompt_id=prompt.id, name=aug.name, space=aug.space,
                                  seed=seed, params=vparams, images=images))

@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from visalign.errors import EmptyResult, InputError
 from visalign.infra import store
+from visalign.inputs import IMAGE_TOO_LARGE, BadImage, decode_text, load_image
 from visalign.report import StageReport
 
 MULTIPLE_CHOICE, YES_NO, SHORT = "multiple_choice", "yes_no", "short"
@@ -66,34 +68,45 @@ def _image_strings(value: str) -> list[str]:
     if not value.startswith("["):
         return [value]
     try:
-        items = json.loads(value)
-    except json.JSONDecodeError:
-        items = ast.literal_eval(value)  # VLMEvalKit writes str(list): single quotes
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            items = ast.literal_eval(value)  # VLMEvalKit writes str(list): single quotes
+    except (RecursionError, MemoryError):  # "[[[[...": a parser's stack, not a list of images
+        raise ValueError("nested too deeply; expected a flat list of base64 strings") from None
     if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
         raise ValueError("expected a non-empty list of base64 strings")
     return items
 
 
-def _decode_image(b64: str, cache: dict[str, bytes]) -> bytes:
-    """Decoded image bytes, after a full decode (truncated files fail here, not mid-batch)."""
-    from PIL import Image
-
+def _decode_image(b64: str, cache: dict[str, bytes], where: str) -> bytes:
+    """Decoded image bytes, after a full decode within the pixel limit (truncated files and bombs
+    fail here, not mid-batch)."""
     if b64 not in cache:
         data = base64.b64decode(b64, validate=True)
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
+        load_image(data, where).close()
         cache[b64] = data
     return cache[b64]
 
 
+class _RowProblem(ValueError):
+    """One row is unusable: the field, the problem and the drop reason."""
+
+    def __init__(self, field_name: str, problem: str, reason: str = "missing_field"):
+        self.field, self.problem, self.reason = field_name, problem, reason
+        super().__init__(f"{field_name}: {problem}")
+
+
 def _parse_row(raw: dict[str, str], letters: list[str], image_map: dict[str, str],
                cache: dict[str, bytes]) -> BenchRow:
-    """A BenchRow, or ValueError('<field>: <problem>')."""
+    """A BenchRow, or a _RowProblem naming the field."""
     if not (raw.get("answer") or "").strip() and (raw.get("gpt4_ans") or "").strip():
         raw = {**raw, "answer": raw["gpt4_ans"]}  # LLaVA-Bench: the reference answer is GPT-4's
+    if None in raw:  # csv puts the cells beyond the header under None
+        raise _RowProblem("<row>", f"{len(raw[None])} more cells than the header has columns", "malformed_row")
     for name in ("question", "answer", "image"):
         if not (raw.get(name) or "").strip():
-            raise ValueError(f"{name}: missing or empty")
+            raise _RowProblem(name, "missing or empty")
     try:
         images = []
         for item in _image_strings(raw["image"]):
@@ -101,12 +114,14 @@ def _parse_row(raw: dict[str, str], letters: list[str], image_map: dict[str, str
                 item = image_map.get(item, "")
                 if len(item) <= IMAGE_REF_MAX_LEN:
                     raise ValueError(f"refers to row index {item!r}, which holds no image")
-            images.append(_decode_image(item, cache))
+            images.append(_decode_image(item, cache, "image"))
+    except BadImage as e:
+        raise _RowProblem("image", e.problem, e.reason if e.reason == IMAGE_TOO_LARGE else "bad_image") from None
     except (ValueError, SyntaxError, OSError, binascii.Error) as e:
-        raise ValueError(f"image: {type(e).__name__}: {e}"[:300]) from None
+        raise _RowProblem("image", f"{type(e).__name__}: {e}"[:300], "bad_image") from None
     options = {k: raw[k].strip() for k in letters if (raw.get(k) or "").strip() not in ("", "nan")}
     if letters and len(options) < 2:
-        raise ValueError(f"{letters[0]}: a multiple-choice row needs at least two options")
+        raise _RowProblem(letters[0], "a multiple-choice row needs at least two options")
     hint = (raw.get("hint") or "").strip()
     answer_type = (raw.get("answer_type") or "").strip() or None
     if answer_type is not None:
@@ -114,7 +129,7 @@ def _parse_row(raw: dict[str, str], letters: list[str], image_map: dict[str, str
         from visalign.stages.correctness import scorer_for
 
         if scorer_for(answer_type) is None:
-            raise ValueError(f"answer_type: {answer_type!r} has no scorer; known: {sorted(COT_SCORERS)}")
+            raise _RowProblem("answer_type", f"{answer_type!r} has no scorer; known: {sorted(COT_SCORERS)}")
     return BenchRow(index=str(raw.get("index") or ""), images=images, question=raw["question"].strip(),
                     answer=raw["answer"].strip(), category=(raw.get("category") or "").strip() or None,
                     options=options, hint=hint if hint not in ("", "nan") else None, answer_type=answer_type,
@@ -142,7 +157,10 @@ def infer_task(rows: Sequence[BenchRow], name: str = "", columns: Sequence[str] 
 def read_benchmark(uri: str, report: StageReport, limit: int | None = None) -> Benchmark:
     """Read one TSV; malformed rows are dropped with the file, row and field named."""
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
-    reader = csv.DictReader(io.StringIO(store.read_bytes(uri).decode("utf-8")), delimiter="\t")
+    reader = csv.DictReader(io.StringIO(decode_text(store.read_bytes(uri), uri)), delimiter="\t")
+    if not reader.fieldnames or not {"question", "image"} <= set(reader.fieldnames):
+        raise InputError(uri, f"not a VLMEvalKit benchmark TSV: the header {reader.fieldnames or []} lacks "
+                         "'question' or 'image' (tab-separated, with index, image, question, answer columns)")
     letters = [c for c in (reader.fieldnames or []) if c in LETTERS]
     every = list(reader)
     # A row may refer to the image of a row beyond the limit: map the images of every row.
@@ -152,10 +170,12 @@ def read_benchmark(uri: str, report: StageReport, limit: int | None = None) -> B
     for i, raw in enumerate(raws, start=2):  # row 1 is the header
         try:
             rows.append(_parse_row(raw, letters, image_map, cache))
-        except ValueError as e:
-            name, _, problem = str(e).partition(": ")
-            reason = "bad_image" if name == "image" else "missing_field"
-            report.drop(reason, f"{uri}: row {i} (index {raw.get('index')}): field '{name}': {problem}")
+        except _RowProblem as e:
+            report.drop(e.reason, f"{uri}: row {i} (index {raw.get('index')}): field '{e.field}': {e.problem}")
+    if not rows:
+        dropped = {r: n for r, n in report.dropped.items()}
+        raise EmptyResult(f"{uri}: no usable row of {len(raws)} (dropped so far: {dropped or 'none'}); a benchmark "
+                          "needs rows with index, image, question and answer")
     name = Path(uri).stem
     return Benchmark(name=name, source=uri, task=infer_task(rows, name, reader.fieldnames or []), rows=rows,
                      rows_read=len(raws))

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from visalign import schema
+from visalign.inputs import output_path
 from visalign.recipes import FilterParams
 from visalign.report import StageReport
 from visalign.schema import Pair, Prompt, Response
@@ -52,15 +53,46 @@ def make_pair(prompt: Prompt, chosen: Response, rejected: Response, params: Filt
     )
 
 
+IMAGE_MARKER = "<image>"
+
+
+def pair_problem(pair: Pair, pairs_dir: str | Path) -> tuple[str, str] | None:
+    """Why a pair cannot be trained on, as (drop reason, detail naming the field), or None. train
+    checks every pair it reads with this, whoever built the file: an empty answer teaches nothing,
+    and a broken image or placeholder count fails the trainer hours in."""
+    from visalign.inputs import BadImage, load_image
+
+    for name in ("prompt", "chosen", "rejected"):
+        if not getattr(pair, name).strip():
+            return "empty_answer" if name != "prompt" else "empty_prompt", f"field '{name}' is empty or blank"
+    if pair.chosen.strip() == pair.rejected.strip():
+        return "equal_answers", "fields 'chosen' and 'rejected' are the same text"
+    markers = pair.prompt.count(IMAGE_MARKER)
+    if markers and markers != len(pair.images):
+        return "image_marker_mismatch", (f"field 'prompt' holds {markers} {IMAGE_MARKER} markers for "
+                                         f"{len(pair.images)} images")
+    for rel in pair.images:
+        try:
+            load_image(Path(pairs_dir) / rel, f"field 'images' ({rel})").close()
+        except BadImage as e:
+            return e.reason, str(e)
+    return None
+
+
 def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: FilterParams) -> StageReport:
     """Pairs from (clean, augmented) responses; optional seeded down-sampling to target_count."""
     report = StageReport("filter")
-    out = Path(output_dir)
+    out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = {p.id: p for p in schema.read_rows(Path(prompts_dir) / schema.PROMPTS_FILE)}
     by_prompt: dict[str, dict[str, Response]] = defaultdict(dict)
     for r in schema.read_rows(Path(responses_dir) / schema.RESPONSES_FILE):
-        by_prompt[r.prompt_id]["clean" if r.view == CLEAN else "view"] = r
+        side = "clean" if r.view == CLEAN else "view"
+        if side in by_prompt[r.prompt_id]:  # one answer per side: a second would replace the first unseen
+            report.drop("duplicate_response", f"{responses_dir}: response {r.id}: a second {side} answer to "
+                        f"prompt {r.prompt_id}; the first is kept")
+            continue
+        by_prompt[r.prompt_id][side] = r
     report.rows_in = len(by_prompt)
     pairs = []
     for prompt_id, answers in by_prompt.items():

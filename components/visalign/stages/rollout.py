@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -18,10 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from visalign import image_layout, schema
+from visalign import image_layout, inputs, schema
+from visalign.inputs import output_path
 from visalign.recipes import RolloutParams
 from visalign.recipes.registry import PROMPT_TEMPLATES
 from visalign.report import StageReport, progress
+from visalign.stages import resume
 from visalign.schema import Prompt, Response, View
 
 log = logging.getLogger(__name__)
@@ -220,13 +223,8 @@ def build_engine(name: str, model: Any, processor: Any, params: RolloutParams) -
 
 
 def open_images(base_dir: str | os.PathLike, rel_paths: list[str]) -> list[Any]:
-    from PIL import Image
-
-    images = []
-    for rel in rel_paths:
-        with Image.open(Path(base_dir) / rel) as im:
-            images.append(im.convert("RGB"))
-    return images
+    """The images in RGB, fully decoded; a BadImage (visalign.inputs) names the file that is not."""
+    return [inputs.load_rgb(Path(base_dir) / rel, f"{base_dir}/{rel}") for rel in rel_paths]
 
 
 def _requests_for(prompt: Prompt, view: View | None, prompts_dir: str, views_dir: str | None,
@@ -265,8 +263,8 @@ def _chunk_requests(chunk: list[Prompt], views: dict[str, View], prompts_dir: st
             continue
         try:
             reqs = _requests_for(p, views.get(p.id), prompts_dir, views_dir, params)
-        except OSError as e:
-            report.drop("unreadable_image", f"prompt {p.id} ({p.source} row {p.source_row}): {e}")
+        except inputs.BadImage as e:
+            report.drop(e.reason, f"prompt {p.id} ({p.source} row {p.source_row}): {e}")
             continue
         for k in range(samples_for(p, params)):  # samples of one request sit together (same batch, if it fits)
             # seed_key: without it the copies of a request are identical, and so are their batches' seeds.
@@ -275,18 +273,34 @@ def _chunk_requests(chunk: list[Prompt], views: dict[str, View], prompts_dir: st
     return requests, owners
 
 
+def _fingerprint(model: str, prompts_dir: str, views_dir: str | None, params: RolloutParams) -> dict[str, str]:
+    """What the responses depend on: the model's and processor's files, the prompts and views, and every
+    parameter but the checkpoint interval (and, for greedy decoding, the batch size)."""
+    settings = dataclasses.asdict(params)
+    settings.pop("checkpoint_every")
+    settings.pop("resume_mismatch")
+    if not params.do_sample:
+        settings.pop("batch_size")
+    inputs_ = {"prompts": resume.file_digest(Path(prompts_dir) / schema.PROMPTS_FILE)}
+    if views_dir:
+        inputs_["views"] = resume.file_digest(Path(views_dir) / schema.VIEWS_FILE)
+    return resume.fingerprint(model=resume.model_digest(model), inputs=inputs_, parameters=settings)
+
+
 def run(*, prompts_dir: str, model: str, output_dir: str, params: RolloutParams,
         views_dir: str | None = None, engine: GenerationEngine | None = None) -> StageReport:
     """Answer every prompt on its clean images and, when views are given, on its view."""
     from visalign.models import load_model
 
     report = StageReport("rollout")
-    out = Path(output_dir)
+    out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = schema.read_rows(Path(prompts_dir) / schema.PROMPTS_FILE)
     views = {v.prompt_id: v for v in schema.read_rows(Path(views_dir) / schema.VIEWS_FILE)} if views_dir else {}
     report.rows_in = len(prompts)
     ckpt = out / schema.RESPONSES_FILE
+    parts = _fingerprint(model, prompts_dir, views_dir, params)
+    resume.check(out, parts, ckpt.exists(), params.resume_mismatch, [ckpt], "rollout")
     done = {r.prompt_id for r in schema.read_checkpoint(ckpt, Response)}
     if done:
         log.info("rollout: resuming, %d of %d prompts already answered", len(done), len(prompts))

@@ -20,9 +20,10 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from visalign import schema
+from visalign.errors import InputError
+from visalign.inputs import BadImage, confine, decode_text, load_image, output_path
 from visalign.recipes import SampleParams
 from visalign.report import StageReport, progress
 from visalign.schema import Prompt
@@ -46,15 +47,9 @@ class Candidate:
 
 
 def _read(uri: str) -> bytes:
-    if uri.startswith("s3://"):
-        from visalign.infra import store
+    from visalign.infra import store
 
-        return store.read_bytes(uri)
-    return Path(uri.removeprefix("file://")).read_bytes()
-
-
-def _join(base: str, rel: str) -> str:
-    return rel if "://" in rel or rel.startswith("/") else f"{base.rstrip('/')}/{rel}"
+    return store.read_bytes(uri)
 
 
 def _answer_type(reference: str | None, has_options: bool, given: object = None) -> str | None:
@@ -78,25 +73,36 @@ def image_group(rel_path: str) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
-def read_llava_json(uri: str, report: StageReport, image_root: str | None = None) -> Iterator[Candidate]:
-    """Every (human question, gpt answer) turn of every row that has an image."""
+def read_llava_json(uri: str, report: StageReport, image_root: str | None = None,
+                    images_outside_root: bool = False) -> Iterator[Candidate]:
+    """Every (human question, gpt answer) turn of every row that has an image under the image root."""
     try:
-        rows = json.loads(_read(uri))
+        rows = json.loads(decode_text(_read(uri), uri))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{uri}: not valid JSON ({e.msg} at line {e.lineno}); expected LLaVA conversation rows") from None
+        raise InputError(uri, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); expected a list of "
+                         "LLaVA conversation rows") from None
+    except RecursionError:
+        raise InputError(uri, "JSON nested too deeply to read; expected a list of LLaVA conversation rows") from None
     if not isinstance(rows, list):
-        raise ValueError(f"{uri}: expected a JSON list of LLaVA rows, got {type(rows).__name__}")
+        raise InputError(uri, f"expected a JSON list of LLaVA rows, got {type(rows).__name__}")
     root = image_root or (uri.rsplit("/", 1)[0] if "/" in uri else ".")
     for i, row in enumerate(rows):
         where = f"{uri} row {i}"
         if not isinstance(row, dict) or not isinstance(row.get("conversations"), list):
             report.drop("missing_field", f"{where}: field 'conversations' missing or not a list")
             continue
-        if not isinstance(row.get("image"), str):
+        if not isinstance(row.get("image"), str) or not row["image"].strip():
             report.drop("no_image", f"{where}: field 'image' missing (text-only row)")
             continue
-        image_uri = _join(root, row["image"])
+        try:
+            image_uri = confine(root, row["image"], f"{where}: field 'image'", images_outside_root)
+        except InputError as e:
+            report.drop("image_outside_root", str(e))
+            continue
         turns = row["conversations"]
+        if len(turns) % 2:
+            report.drop("unanswered_turn", f"{where}: field 'conversations[{len(turns) - 1}]': a question without "
+                        "an answer turn after it (LLaVA rows alternate human, gpt)")
         for t in range(0, len(turns) - 1, 2):
             human, gpt = turns[t], turns[t + 1]
             if not (isinstance(human, dict) and isinstance(gpt, dict) and isinstance(human.get("value"), str)):
@@ -113,7 +119,7 @@ def read_llava_json(uri: str, report: StageReport, image_root: str | None = None
 def read_vlmeval_tsv(uri: str, report: StageReport) -> Iterator[Candidate]:
     """One candidate per row; options A-J are appended to the question as VLMEvalKit prints them."""
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
-    reader = csv.DictReader(io.StringIO(_read(uri).decode("utf-8")), delimiter="\t")
+    reader = csv.DictReader(io.StringIO(decode_text(_read(uri), uri)), delimiter="\t")
     for i, row in enumerate(reader, start=2):  # row 1 is the header
         where = f"{uri} row {i}"
         missing = [f for f in ("image", "question") if not row.get(f)]
@@ -134,12 +140,13 @@ def read_vlmeval_tsv(uri: str, report: StageReport) -> Iterator[Candidate]:
                         lambda b=image_b64: base64.b64decode(b, validate=True))
 
 
-def read_candidates(uri: str, report: StageReport, image_root: str | None = None) -> Iterator[Candidate]:
+def read_candidates(uri: str, report: StageReport, image_root: str | None = None,
+                    images_outside_root: bool = False) -> Iterator[Candidate]:
     if uri.endswith(".json"):
-        return read_llava_json(uri, report, image_root)
+        return read_llava_json(uri, report, image_root, images_outside_root)
     if uri.endswith(".tsv"):
         return read_vlmeval_tsv(uri, report)
-    raise ValueError(f"{uri}: unknown seed format; expected a LLaVA .json or a VLMEvalKit .tsv file")
+    raise InputError(uri, "unknown seed format; expected a LLaVA .json or a VLMEvalKit .tsv file")
 
 
 def strip_suffixes(question: str, suffixes: tuple[str, ...]) -> str:
@@ -148,28 +155,30 @@ def strip_suffixes(question: str, suffixes: tuple[str, ...]) -> str:
     return question.strip()
 
 
-def _load_image(fetch) -> tuple[bytes, str]:
-    """The image's bytes and format, after checking it decodes completely."""
-    from PIL import Image
-
-    data = fetch()
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()  # verify() misses truncated files; a full decode does not
+def _load_image(c: Candidate) -> tuple[bytes, str]:
+    """The image's bytes and format, after checking it decodes completely within the pixel limit."""
+    where = f"{c.source} row {c.source_row}: field 'image' ({c.image_key})"
+    try:
+        data = c.fetch()
+    except (OSError, ValueError, binascii.Error) as e:  # a missing file, an S3 error, bad base64
+        raise BadImage(where, f"{type(e).__name__}: {e}") from None
+    with load_image(data, where) as im:  # verify() misses truncated files; a full decode does not
         return data, (im.format or "PNG").lower()
 
 
 def run(*, sources: list[str], output_dir: str, params: SampleParams, image_root: str | None = None) -> StageReport:
     """Pick prompts from `sources` (LLaVA .json or VLMEvalKit .tsv, local or s3://)."""
     report = StageReport("sample")
-    out = Path(output_dir)
+    out = output_path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    candidates = [c for uri in sources for c in read_candidates(uri, report, image_root)]
+    candidates = [c for uri in sources for c in read_candidates(uri, report, image_root, params.images_outside_root)]
     report.rows_in = len(candidates) + sum(report.dropped.values())
     rng = random.Random(params.seed)
     rng.shuffle(candidates)
     per_image: Counter[str] = Counter()
     not_picked: Counter[str] = Counter()  # over a quota: not a loss, so not a drop
     prompts: list[Prompt] = []
+    ids: set[str] = set()
     bad_images: set[str] = set()
     for c in progress(candidates, desc="sample", total=len(candidates)):
         if len(prompts) >= params.num_prompts:
@@ -181,23 +190,32 @@ def run(*, sources: list[str], output_dir: str, params: SampleParams, image_root
         if per_image[c.image_key] >= params.max_questions_per_image:
             not_picked["over_max_questions_per_image"] += 1
             continue
+        question = strip_suffixes(c.question, params.strip_suffixes)
+        # The image is part of the id: rows that share an id field and a question still differ by image.
+        prompt_id = schema.stable_id(c.source, c.source_row, c.image_key, question)
+        if prompt_id in ids:
+            report.drop("duplicate_prompt", f"{c.source} row {c.source_row}: the same question on the same image "
+                        f"again (prompt {prompt_id})")
+            continue
         try:
-            data, fmt = _load_image(c.fetch)
-        except (OSError, ValueError, binascii.Error) as e:
+            data, fmt = _load_image(c)
+        except BadImage as e:
             bad_images.add(c.image_key)
-            report.drop("unreadable_image", f"{c.source} row {c.source_row}: field 'image' ({c.image_key}): {e}")
+            report.drop(e.reason, str(e))
             continue
         rel = f"images/{schema.stable_id(c.image_key)}.{fmt}"
         if not (out / rel).exists():
             (out / rel).write_bytes(data)
         per_image[c.image_key] += 1
-        question = strip_suffixes(c.question, params.strip_suffixes)
-        prompts.append(Prompt(id=schema.stable_id(c.source, c.source_row, question), images=[rel],
+        ids.add(prompt_id)
+        prompts.append(Prompt(id=prompt_id, images=[rel],
                               question=question, source=c.source, source_row=c.source_row,
                               reference=c.reference, answer_type=c.answer_type,
                               meta={"image_group": c.image_group} if c.image_group else {}))
-    if not prompts:
-        log.warning("sample: no prompts picked from %s; see the drop reasons in the report", sources)
+    if 0 < len(prompts) < params.num_prompts:
+        log.warning("sample: %d prompts picked, fewer than sample.num_prompts=%d: the seeds hold no more usable "
+                    "questions (see the drops and not_picked in the report)", len(prompts), params.num_prompts)
+        report.extra["short_of_num_prompts"] = params.num_prompts - len(prompts)
     report.rows_out = schema.write_rows(out / schema.PROMPTS_FILE, prompts)
     report.extra.update(not_picked=dict(not_picked), sources=sources, images=len(per_image),
                         answer_types=dict(Counter(p.answer_type or "none" for p in prompts)))

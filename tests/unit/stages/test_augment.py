@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from visalign import schema
+from visalign.errors import EmptyResult, InputError
 from visalign.recipes import AugmentParams
 from visalign.report import read_report
 from visalign.stages import augment
@@ -242,14 +243,14 @@ def test_run_tensor_space_records_the_noise_without_images(tmp_path):
     assert report.to_dict()["space"] == "tensor"
 
 
-def test_run_on_empty_input_reports_zero_rows_with_a_warning(tmp_path):
+def test_run_on_empty_input_fails_after_writing_its_report(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / schema.PROMPTS_FILE).write_text("")
-    report = augment.run(prompts_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), params=AugmentParams())
+    with pytest.raises(EmptyResult, match="augment: no rows out of 0 in"):
+        augment.run(prompts_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), params=AugmentParams())
     saved = read_report(tmp_path / "out")
     assert saved["rows_in"] == saved["rows_out"] == 0
     assert any("no prompts" in w for w in saved["warnings"])
-    assert report.rows_out == 0
     assert schema.read_rows(tmp_path / "out" / schema.VIEWS_FILE) == []
 
 
@@ -257,12 +258,13 @@ def test_run_drops_a_prompt_without_images_and_rejects_bad_params(tmp_path):
     (tmp_path / "in").mkdir()
     schema.write_rows(tmp_path / "in" / schema.PROMPTS_FILE, [
         schema.Prompt(id="t", images=[], question="text only?", source="s", source_row="0")])
-    report = augment.run(prompts_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), params=AugmentParams())
-    assert report.dropped == {"no_image": 1}
+    with pytest.raises(EmptyResult, match="1 no_image"):
+        augment.run(prompts_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), params=AugmentParams())
+    assert read_report(tmp_path / "out")["dropped"] == {"no_image": 1}
     with pytest.raises(ValueError, match="step=1000"):
         augment.run(prompts_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "o2"),
                     params=AugmentParams(diffusion_step=1000))
-    with pytest.raises(FileNotFoundError, match="sample stage"):
+    with pytest.raises(InputError, match="sample stage"):
         augment.run(prompts_dir=str(tmp_path / "nowhere"), output_dir=str(tmp_path / "o3"), params=AugmentParams())
 
 

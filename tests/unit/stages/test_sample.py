@@ -6,7 +6,9 @@ import pytest
 from assets import draw
 
 from visalign import schema
+from visalign.errors import EmptyResult
 from visalign.recipes import SampleParams
+from visalign.report import read_report
 from visalign.stages import sample
 
 
@@ -56,8 +58,9 @@ def test_reads_vlmevalkit_tsv_with_options(tmp_path):
 
 def test_empty_input_and_unknown_format(tmp_path):
     (tmp_path / "empty.json").write_text("[]")
-    report = sample.run(sources=[str(tmp_path / "empty.json")], output_dir=str(tmp_path / "o"), params=SampleParams())
-    assert report.rows_out == 0 and (tmp_path / "o" / schema.PROMPTS_FILE).read_text() == ""
+    with pytest.raises(EmptyResult, match="sample: no rows out of 0 in"):
+        sample.run(sources=[str(tmp_path / "empty.json")], output_dir=str(tmp_path / "o"), params=SampleParams())
+    assert read_report(tmp_path / "o")["rows_out"] == 0  # the report is written before the stage fails
     with pytest.raises(ValueError, match="unknown seed format"):
         sample.run(sources=[str(tmp_path / "x.csv")], output_dir=str(tmp_path / "o2"), params=SampleParams())
     (tmp_path / "bad.json").write_text("{not json")

@@ -1,0 +1,90 @@
+"""What a resumable stage's earlier output was made with, so a re-run resumes only its own work.
+
+A resumable stage (rollout, IPA collection and verification) appends finished rows to its output
+and skips them on a re-run. Rows made with another model, other data or other parameters would be
+taken as done and reported under the new model's name, so the stage writes a fingerprint beside its
+rows (resume.json: a digest of the model's files, the processor's, the inputs and the parameters)
+and a re-run with a different fingerprint refuses (ResumeMismatch naming what changed), or, with
+`rollout.resume_mismatch=restart`, starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from visalign import schema
+from visalign.errors import ResumeMismatch
+from visalign.recipes import ConfigError
+
+log = logging.getLogger(__name__)
+
+RESUME_FILE = "resume.json"
+REFUSE, RESTART = "refuse", "restart"
+# Files above this size are digested by their size, first and last MiB: a 16 GB checkpoint is not
+# read whole on every resume, and a changed weight file still changes its size or its ends.
+WHOLE_FILE_LIMIT = 64 * 2**20
+EDGE = 2**20
+
+
+def file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= WHOLE_FILE_LIMIT:
+            h.update(f.read())
+        else:
+            h.update(f.read(EDGE))
+            f.seek(size - EDGE)
+            h.update(f.read(EDGE))
+    return h.hexdigest()[:16]
+
+
+def model_digest(uri: str | os.PathLike) -> str:
+    """A digest of a model directory's files (weights, config, processor and tokenizer files), and for
+    an adapter of its base's too; for a URI that is not a local directory, the URI itself."""
+    path = Path(str(uri).removeprefix("file://"))
+    if not path.is_dir():
+        return schema.stable_id("uri", str(uri))
+    files = {p.relative_to(path).as_posix(): file_digest(p) for p in sorted(path.rglob("*"))
+             if p.is_file() and not p.name.endswith(".tmp")}
+    card = schema.read_model_card(path)
+    base = model_digest(card.base) if card is not None and card.kind == "adapter" and card.base else None
+    return schema.stable_id(files, base)
+
+
+def fingerprint(**parts: Any) -> dict[str, str]:
+    """Each part as a short digest (a dict of them is what resume.json holds)."""
+    return {name: value if isinstance(value, str) else schema.stable_id(value) for name, value in parts.items()}
+
+
+def check(output_dir: Path, parts: dict[str, str], has_work: bool, on_mismatch: str, work_files: list[Path],
+          stage: str) -> bool:
+    """Whether the earlier rows in `output_dir` may be resumed: True when there are some and they were
+    made with `parts`. On a mismatch: ResumeMismatch, or with on_mismatch=restart the work files are
+    removed and the stage starts afresh. Writes `parts` for the next re-run either way."""
+    if on_mismatch not in (REFUSE, RESTART):
+        raise ConfigError([f"{stage}.resume_mismatch={on_mismatch!r}: choose {REFUSE} or {RESTART}"])
+    path = output_dir / RESUME_FILE
+    before = json.loads(path.read_text()) if path.exists() else None
+    resume = has_work
+    if has_work and before != parts:
+        changed = (sorted(k for k in set(parts) | set(before) if parts.get(k) != before.get(k)) if before
+                   else ["unknown: the earlier rows have no resume.json"])
+        if on_mismatch == REFUSE:
+            raise ResumeMismatch(
+                f"{output_dir}: holds {stage} rows made with another {', '.join(changed)} than this run's; resuming "
+                f"would pass them off as this run's. Use a new output directory, or set "
+                f"{stage}.resume_mismatch={RESTART} to discard them and start afresh")
+        log.warning("%s: %s changed since the earlier rows in %s: discarding them and starting afresh", stage,
+                    ", ".join(changed), output_dir)
+        for f in work_files:
+            f.unlink(missing_ok=True)
+        resume = False
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(parts, indent=2))
+    return resume
