@@ -145,9 +145,6 @@ def load_processor(path: Path):
     from transformers import AutoProcessor
 
     path = Path(path)
-    if not any((path / name).exists() for name in TOKENIZER_FILES):
-        raise InputError(path, f"no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); save the processor beside "
-                         "the model (processor.save_pretrained(dir)), or copy them from the base model")
     trust = loading_policy()["trust_remote_code"]
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust)
@@ -158,6 +155,9 @@ def load_processor(path: Path):
             raise RuntimeError(f"{path}: {cls.__name__} cannot be built here: transformers gates it on a backend "
                                "that is not installed (torchvision); install the torchvision build that matches "
                                "torch (constraints.txt pins it)") from e
+        if not any((path / name).exists() for name in TOKENIZER_FILES):  # else a misleading sentencepiece error
+            raise InputError(path, f"no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); save the processor "
+                             "beside the model (processor.save_pretrained(dir)), or copy them from the base model") from e
         if cls is None or "video_processor" not in getattr(cls, "get_attributes", list)():
             raise RuntimeError(f"{path}: cannot load the processor ({type(e).__name__}: "
                                f"{' '.join(str(e).split())})") from e

@@ -222,14 +222,19 @@ def iter_rows(path: str | os.PathLike, cls: type[Row] | None = None) -> Iterator
     cls = cls or _ROW_TYPES.get(path.name)
     if cls is None:
         raise ValueError(f"{path}: no row type is known for this file name; pass cls=")
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SchemaError(path, i, "<row>", f"not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} of "
+                                  "the line") from None
             if not line.strip():
                 continue
             try:
                 data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SchemaError(path, i, "<row>", f"not valid JSON: {e.msg}") from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise SchemaError(path, i, "<row>", f"not valid JSON: {getattr(e, 'msg', 'nested too deeply')}") from None
             yield from_dict(cls, data, file=path, row=i)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from visalign import cli
 from visalign.infra import stack as stack_api
+from visalign.infra import store
 
 
 def dead_pid() -> int:
@@ -58,6 +60,46 @@ def test_up_status_refuse_second_up_down(stack_settings, capsys):
     assert not any(st.running for st in stack_api.status(s).values())
     assert cli.main(args) == 1
     assert "down" in capsys.readouterr().out
+
+
+def kill_hard(pid: int) -> None:
+    """SIGKILL, as a crash or the OOM killer does, and wait until the pid is gone."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while stack_api._alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} survived SIGKILL"
+        time.sleep(0.05)
+
+
+@pytest.mark.integration
+def test_up_restarts_only_a_dead_s3_server_and_keeps_its_data(stack_settings, monkeypatch):
+    s = stack_settings
+    info = stack_api.up(s)
+    try:
+        for key, value in info.env.items():
+            monkeypatch.setenv(key, value)
+        store.write_text(f"s3://{s.bucket}/before/kill.txt", "written before the kill")
+        kill_hard(info.pids["s3"])
+        states = stack_api.status(s)
+        assert (states["s3"].running, states["mlflow"].answering) == (False, True)
+
+        again = stack_api.up(s)  # no `down` first: only the dead server is started
+        assert again.pids["mlflow"] == info.pids["mlflow"]  # the live one is untouched
+        assert again.pids["s3"] != info.pids["s3"] and stack_api._alive(again.pids["s3"])
+        record = stack_api.read_record(s)
+        assert record["ready"] and {n: p["pid"] for n, p in record["processes"].items()} == again.pids
+        assert record["ports"] == s.ports  # the same ports and data dir as before
+        assert {n: st.answering for n, st in stack_api.status(s).items()} == {"s3": True, "mlflow": True}
+        # `up` returned only once S3 serves stored data again: no retry is needed for this read.
+        monkeypatch.setenv("VISALIGN_S3_RETRY_SECONDS", "0")
+        assert store.read_text(f"s3://{s.bucket}/before/kill.txt") == "written before the kill"
+        assert (s.data_dir / "logs" / "s3.log").read_text().count(" mini -dir=") == 2  # started twice
+
+        with pytest.raises(stack_api.StackError, match="still running"):  # both alive: nothing to do
+            stack_api.up(s)
+    finally:
+        stopped = stack_api.down(s)
+    assert stopped == ["mlflow", "s3"]
 
 
 def test_up_refuses_ports_in_use_before_starting_anything(stack_settings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import threading
 import time
@@ -22,10 +23,13 @@ def prefix(stack) -> str:
     return f"s3://{stack.settings.bucket}/tests/{uuid.uuid4().hex[:8]}"
 
 
+RETRY_BUDGET = 2.0  # seconds, for the tests of transient errors
+
+
 @pytest.fixture
 def fast_retries(monkeypatch):
     monkeypatch.setattr(store, "RETRY_BASE_SECONDS", 0.1)
-    monkeypatch.setattr(store, "RETRY_ATTEMPTS", 5)
+    monkeypatch.setenv("VISALIGN_S3_RETRY_SECONDS", str(RETRY_BUDGET))
 
 
 def test_put_get_exists_and_list(prefix):
@@ -191,13 +195,18 @@ def test_slowdown_answers_are_retried_until_they_pass(prefix, stack, monkeypatch
         proxy.close()
 
 
-def test_persistent_503_gives_up_after_the_configured_attempts(prefix, stack, monkeypatch, fast_retries):
+def test_persistent_503_gives_up_when_the_retry_budget_is_spent(prefix, stack, monkeypatch, fast_retries):
     proxy = FlakyProxy(stack.settings.s3_port, failures=1000)
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
-        with pytest.raises(store.StoreError, match=rf"{prefix}/k: gave up after 5 attempts.*SlowDown"):
+        start = time.monotonic()
+        with pytest.raises(store.StoreError) as e:
             store.write_text(f"{prefix}/k", "never")
-        assert proxy.requests == 5
+        assert RETRY_BUDGET <= time.monotonic() - start < RETRY_BUDGET + 2
+        match = re.match(rf"{prefix}/k: gave up after (\d+\.\d) s and (\d+) attempts .*SlowDown.*"
+                         r"raise VISALIGN_S3_RETRY_SECONDS", str(e.value))
+        assert match, str(e.value)
+        assert float(match[1]) >= RETRY_BUDGET and proxy.requests == int(match[2]) >= 5
     finally:
         proxy.close()
 

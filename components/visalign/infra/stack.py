@@ -1,6 +1,6 @@
 """The local stack: a SeaweedFS S3 server and an MLflow tracking server, on 127.0.0.1 only.
 
-    visalign stack up       # start both, create the bucket, print the client's `export` lines
+    visalign stack up       # start both (or only the one that died), create the bucket, print exports
     eval "$(visalign stack env)"
     visalign stack status
     visalign stack down     # stop both by their recorded process ids
@@ -45,6 +45,7 @@ STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL for the whole process group
 PROBE_INTERVAL_SECONDS = 0.25
 LOG_TAIL_LINES = 40
 RECORD_FILE = "stack.json"
+SERVERS = ("s3", "mlflow")  # in start order: MLflow's artifact proxy needs the bucket
 
 
 # ---- processes -------------------------------------------------------------------------------
@@ -175,8 +176,23 @@ def _s3_client(settings: StackSettings):
 
 
 def _s3_probe(settings: StackSettings) -> None:
-    """A real, signed request: proves the server is up and accepts our credentials."""
-    _s3_client(settings).list_buckets()
+    """Real, signed requests: the server is up, accepts our credentials and reads stored data. After
+    a restart weed lists buckets seconds before it can read its volumes (GETs fail: InternalError)."""
+    import itertools
+
+    c = _s3_client(settings)
+    c.list_buckets()
+    if not c.bucket_exists(settings.bucket):  # a fresh stack: nothing stored yet
+        return
+    objects = itertools.islice(c.list_objects(settings.bucket, recursive=True), 100)
+    sample = next((o for o in objects if o.size and not o.is_dir), None)
+    if sample is not None:
+        response = c.get_object(settings.bucket, sample.object_name, length=1)  # a 1-byte range
+        try:
+            response.read()
+        finally:
+            response.close()
+            response.release_conn()
 
 
 def _mlflow_probe(settings: StackSettings) -> None:
@@ -212,12 +228,14 @@ def _create_bucket(settings: StackSettings) -> None:
         c.make_bucket(settings.bucket)
 
 
-def busy_ports(settings: StackSettings) -> dict[str, int]:
-    """The stack's ports that something on this machine already listens on."""
+def busy_ports(settings: StackSettings, servers: tuple[str, ...] = SERVERS) -> dict[str, int]:
+    """The ports of the stack's `servers` that something on this machine already listens on."""
     import socket
 
     busy = {}
     for name, port in settings.ports.items():
+        if ("mlflow" if name == "mlflow" else "s3") not in servers:
+            continue
         with socket.socket() as s:
             # SO_REUSEADDR as the servers set it: connections of a stopped stack in TIME_WAIT do
             # not make a port busy, only a live listener does.
@@ -242,11 +260,11 @@ def read_record(settings: StackSettings) -> dict[str, Any] | None:
         return None
 
 
-def _write_record(settings: StackSettings, procs: dict[str, subprocess.Popen], ready: bool) -> None:
+def _write_record(settings: StackSettings, pids: dict[str, int], ready: bool) -> None:
     record = {
         "ready": ready,
-        "processes": {n: {"pid": p.pid, "start_ticks": _start_ticks(p.pid),
-                          "log": str(_log_path(settings, n))} for n, p in procs.items()},
+        "processes": {n: {"pid": pid, "start_ticks": _start_ticks(pid), "log": str(_log_path(settings, n))}
+                      for n, pid in pids.items()},
         "ports": settings.ports,
         "settings": {**asdict(settings), "data_dir": str(settings.data_dir)},
         "env": env(settings),
@@ -271,43 +289,66 @@ def _running(record: dict[str, Any]) -> dict[str, int]:
 
 # ---- the commands ----------------------------------------------------------------------------
 
-def up(settings: StackSettings | None = None, timeout: float = READY_TIMEOUT_SECONDS) -> StackInfo:
-    """Start S3 then MLflow, wait until both answer, create the bucket; stop both on any failure."""
-    settings = settings or StackSettings.from_env()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+def _recorded_live(settings: StackSettings) -> tuple[StackSettings, dict[str, int]]:
+    """The settings to start with and the recorded servers still alive: a stack whose servers all
+    died is forgotten; one still alive keeps the recorded settings, so a restarted server gets
+    the ports, keys and data dir its live peer was started with."""
     record = read_record(settings)
-    if record is not None:
-        running = _running(record)
-        if running:
-            raise StackError(f"a stack recorded in {_record_path(settings)} is still running ({running}); "
-                             f"run `visalign stack down --data-dir {settings.data_dir}` first")
+    if record is None:
+        return settings, {}
+    live = _running(record)
+    if len(live) == len(SERVERS):
+        raise StackError(f"a stack recorded in {_record_path(settings)} is still running ({live}); "
+                         f"run `visalign stack down --data-dir {settings.data_dir}` first")
+    if not live:
         log.info("removing the stale record %s (its processes are gone)", _record_path(settings))
         _record_path(settings).unlink()
-    busy = busy_ports(settings)
+        return settings, {}
+    saved = recorded(settings)
+    if saved != settings:
+        log.warning("restarting with the settings %s was started with (%s), not those given", saved.data_dir,
+                    {k: v for k, v in asdict(saved).items() if k != "secret_key"})
+    return saved, live
+
+
+def up(settings: StackSettings | None = None, timeout: float = READY_TIMEOUT_SECONDS) -> StackInfo:
+    """Start S3 then MLflow, wait until both answer, create the bucket; stop what it started on any
+    failure. If the recorded stack has one server alive (the other died), start only the dead one,
+    with the recorded settings and data, and leave the live one as it is."""
+    settings = settings or StackSettings.from_env()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings, live = _recorded_live(settings)
+    dead = tuple(n for n in SERVERS if n not in live)
+    if live:
+        log.info("stack in %s: %s still running (pids %s); restarting %s", settings.data_dir,
+                 ", ".join(live), live, ", ".join(dead))
+    busy = busy_ports(settings, dead)
     if busy:
         raise StackError(f"ports already in use on {HOST}: {busy}; choose free ones with --s3-port / "
                          "--mlflow-port (or VISALIGN_S3_PORT / VISALIGN_MLFLOW_PORT)")
     deadline = time.monotonic() + timeout
     procs: dict[str, subprocess.Popen] = {}
+    commands = {"s3": lambda: (_weed_command(settings), None),
+                "mlflow": lambda: (_mlflow_command(settings), _mlflow_env(settings))}
     try:
-        # S3 first: MLflow's artifact proxy needs the bucket. The record is written after each
-        # start, so `down` finds the processes even if this one dies half way.
-        procs["s3"] = _spawn(settings, "s3", _weed_command(settings))
-        _write_record(settings, procs, ready=False)
-        _wait_ready(settings, "s3", procs["s3"], deadline)
-        _create_bucket(settings)
-        procs["mlflow"] = _spawn(settings, "mlflow", _mlflow_command(settings), _mlflow_env(settings))
-        _write_record(settings, procs, ready=False)
-        _wait_ready(settings, "mlflow", procs["mlflow"], deadline)
+        for name in dead:  # the record is written after each start: `down` finds it if `up` dies
+            procs[name] = _spawn(settings, name, *commands[name]())
+            _write_record(settings, {**live, **{n: p.pid for n, p in procs.items()}}, ready=False)
+            _wait_ready(settings, name, procs[name], deadline)
+            if name == "s3":
+                _create_bucket(settings)
     except BaseException:
         for proc in procs.values():
             _stop(proc.pid)
-        _record_path(settings).unlink(missing_ok=True)
+        if live:  # keep the live server findable by `down`
+            _write_record(settings, live, ready=False)
+        else:
+            _record_path(settings).unlink(missing_ok=True)
         raise
-    _write_record(settings, procs, ready=True)
+    pids = {n: live.get(n) or procs[n].pid for n in SERVERS}
+    _write_record(settings, pids, ready=True)
     log.info("stack up: S3 %s, MLflow %s, data %s", settings.s3_endpoint, settings.mlflow_uri, settings.data_dir)
-    return StackInfo(settings, {n: p.pid for n, p in procs.items()}, env(settings),
-                     {n: _log_path(settings, n) for n in procs})
+    return StackInfo(settings, pids, env(settings), {n: _log_path(settings, n) for n in SERVERS})
 
 
 def ensure_up(settings: StackSettings | None = None, timeout: float = READY_TIMEOUT_SECONDS) -> StackInfo:

@@ -4,11 +4,10 @@
     upload_dir("out/model", "s3://visalign/models/m1")      # re-running transfers nothing
     local_path("s3://visalign/models/m1")                   # -> a synced local copy, for from_pretrained
 
-The S3 endpoint and credentials come from the environment, with the same names locally (the
-exports of `visalign stack up`) and in a pod (a Kubernetes secret): AWS_ENDPOINT_URL (or
-MLFLOW_S3_ENDPOINT_URL), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION.
-Transient failures (connection errors, HTTP 5xx, SlowDown and friends) are retried with
-exponential backoff; everything else raises at once with the URI and the fix in the message.
+S3 settings come from the environment, locally (`visalign stack up`'s exports) as in a pod (a
+secret): AWS_ENDPOINT_URL (or MLFLOW_S3_ENDPOINT_URL), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_DEFAULT_REGION. Transient failures (connection errors, HTTP 5xx, SlowDown...) are retried with
+backoff for up to VISALIGN_S3_RETRY_SECONDS (default 120 s); other errors raise at once, naming the fix.
 """
 
 from __future__ import annotations
@@ -31,10 +30,14 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from visalign.errors import StageError
+from visalign.inputs import decode_text
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRY_ATTEMPTS = 5  # tries per call, the first included
+RETRY_SECONDS_ENV = "VISALIGN_S3_RETRY_SECONDS"
+RETRY_SECONDS_DEFAULT = 120.0  # how long one call keeps retrying an outage: past a server restart
 RETRY_BASE_SECONDS = 0.5  # first backoff; doubles each retry
 RETRY_MAX_SECONDS = 8.0
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -49,8 +52,8 @@ CREDENTIALS_FIX = ("check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for the l
                    "eval \"$(visalign stack env)\")")
 
 
-class StoreError(RuntimeError):
-    """A storage operation failed; the message names the URI and what to do."""
+class StoreError(StageError):
+    """A storage operation failed; the message names the URI and what to do (a RuntimeError)."""
 
     def __init__(self, uri: str, message: str):
         self.uri, self.message = uri, message
@@ -81,13 +84,11 @@ class S3Config:
 @dataclass
 class SyncReport:
     """What a directory sync did, by path relative to the synced directory."""
-
     copied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
 
 # ---- URIs ------------------------------------------------------------------------------------
-
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
 
@@ -122,7 +123,6 @@ def _dir_key(key: str) -> str:
 
 
 # ---- the S3 client ---------------------------------------------------------------------------
-
 def s3_config() -> S3Config:
     """The S3 settings from the environment, or a StoreConfigError naming the missing variables."""
     env = os.environ
@@ -135,8 +135,7 @@ def s3_config() -> S3Config:
                                "run `visalign stack up` and eval its exports")
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise StoreConfigError("s3://", f"AWS_ENDPOINT_URL={endpoint!r} must look like http://HOST:PORT "
-                               "or https://HOST")
+        raise StoreConfigError("s3://", f"AWS_ENDPOINT_URL={endpoint!r} must look like http://HOST:PORT or https://HOST")
     return S3Config(parts.netloc, parts.scheme == "https", env["AWS_ACCESS_KEY_ID"],
                     env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_DEFAULT_REGION") or "us-east-1")
 
@@ -145,11 +144,9 @@ def s3_config() -> S3Config:
 def _client_for(cfg: S3Config) -> Minio:
     # retries=False: minio's built-in urllib3 retry gives up on 5xx without the S3 error code and
     # never retries POST (multipart completion); _call retries every transient failure instead.
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
-        retries=False, maxsize=10)
-    return Minio(cfg.endpoint, cfg.access_key, cfg.secret_key, secure=cfg.secure, region=cfg.region,
-                 http_client=http)
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
+                               retries=False, maxsize=10)
+    return Minio(cfg.endpoint, cfg.access_key, cfg.secret_key, secure=cfg.secure, region=cfg.region, http_client=http)
 
 
 def client() -> Minio:
@@ -160,8 +157,7 @@ def client() -> Minio:
 def is_transient(error: BaseException) -> bool:
     """Worth retrying: the network, a server that is starting or overloaded, HTTP 5xx."""
     if isinstance(error, S3Error):
-        status = getattr(error.response, "status", None) or 0
-        return error.code in TRANSIENT_CODES or status >= 500
+        return error.code in TRANSIENT_CODES or (getattr(error.response, "status", None) or 0) >= 500
     if isinstance(error, ServerError):
         return error.status_code >= 500
     if isinstance(error, InvalidResponseError):  # a non-XML answer, e.g. a proxy's 503 page
@@ -181,32 +177,57 @@ def _translate(uri: str, error: Exception) -> Exception:
     if error.code == "NoSuchKey":
         return StoreNotFound(uri, f"no such object at {where} (NoSuchKey)")
     if error.code == "NoSuchBucket":
-        bucket = split_s3(uri)[0]
-        return StoreNotFound(uri, f"bucket '{bucket}' does not exist at {where} (NoSuchBucket); create it "
+        return StoreNotFound(uri, f"bucket '{split_s3(uri)[0]}' does not exist at {where} (NoSuchBucket); create it "
                              "with visalign.infra.store.ensure_bucket, or `visalign stack up` for the local stack")
     if error.code in CREDENTIAL_CODES:
         return StoreAccessDenied(uri, f"access denied by {where} ({error.code}); {CREDENTIALS_FIX}")
     return StoreError(uri, f"S3 error {error.code}: {error.message}")
 
 
+def retry_seconds(uri: str = "s3://") -> float:
+    """The retry budget from VISALIGN_S3_RETRY_SECONDS (default 120), or a StoreConfigError."""
+    text = os.environ.get(RETRY_SECONDS_ENV, "").strip()
+    try:
+        if (seconds := float(text or RETRY_SECONDS_DEFAULT)) >= 0:  # NaN fails this too
+            return seconds
+    except ValueError:
+        pass
+    raise StoreConfigError(uri, f"{RETRY_SECONDS_ENV}={text!r} must be a number of seconds >= 0 (how long "
+                           f"to retry an unreachable S3 endpoint; default {RETRY_SECONDS_DEFAULT:g})")
+
+
 def _call(uri: str, fn: Callable[[], T]) -> T:
-    """fn() with exponential backoff on transient errors; other errors raise at once."""
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
+    """fn() with backoff on transient errors for up to retry_seconds(), counted from the first
+    failure (a long upload that fails late still gets the whole budget); others raise at once."""
+    budget = retry_seconds(uri)
+    first_failure, attempt = None, 0
+    while True:
+        attempt += 1
         try:
             return fn()
         except Exception as e:  # classified right below
             if not is_transient(e):
                 raise _translate(uri, e) from e
-            if attempt == RETRY_ATTEMPTS:
-                raise StoreError(uri, f"gave up after {attempt} attempts on transient errors, the last: "
-                                 f"{type(e).__name__}: {e}; is the S3 endpoint up?") from e
+            first_failure = time.monotonic() if first_failure is None else first_failure
+            waited = time.monotonic() - first_failure
+            if waited >= budget:
+                raise StoreError(uri, f"gave up after {waited:.1f} s and {attempt} attempts on "
+                                 f"transient errors, the last: {type(e).__name__}: {e}; is the S3 endpoint "
+                                 f"up? To wait longer for it, raise {RETRY_SECONDS_ENV} (now {budget:g})") from e
             # Jitter keeps parallel shards that failed together from retrying together.
-            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1))
-            delay *= random.uniform(0.5, 1.0)
-            log.warning("%s: transient error (%s), retry %d/%d in %.1f s", uri, type(e).__name__,
-                        attempt, RETRY_ATTEMPTS - 1, delay)
+            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** min(attempt - 1, 20))
+            delay = min(budget - waited, delay * random.uniform(0.5, 1.0))
+            log.warning("%s: transient error (%s: %s), retry %d in %.1f s (%.0f of %g s left)", uri,
+                        type(e).__name__, e, attempt, delay, budget - waited, budget)
             time.sleep(delay)
-    raise AssertionError("unreachable")
+
+
+def _write_local(path: Path, write: Callable[[Path], object]) -> None:
+    """write(a temp file beside path), then rename it: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def _local_call(uri: str, fn: Callable[[], T]) -> T:
@@ -219,7 +240,6 @@ def _local_call(uri: str, fn: Callable[[], T]) -> T:
 
 
 # ---- single objects --------------------------------------------------------------------------
-
 def read_bytes(uri: str | os.PathLike) -> bytes:
     uri = str(uri)
     if not is_s3(uri):
@@ -239,24 +259,15 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     uri = str(uri)
-    if not is_s3(uri):
-        path = _local(uri)
-
-        def write() -> None:
-            # Write then rename, so a reader never sees half a file.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-
-        _local_call(uri, write)
-        return
-    bucket, key = split_s3(uri)
-    _call(uri, lambda: client().put_object(bucket, key, io.BytesIO(data), len(data)))
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _call(uri, lambda: client().put_object(bucket, key, io.BytesIO(data), len(data)))
+    else:
+        _local_call(uri, lambda: _write_local(_local(uri), lambda tmp: tmp.write_bytes(data)))
 
 
 def read_text(uri: str | os.PathLike) -> str:
-    return read_bytes(uri).decode("utf-8")
+    return decode_text(read_bytes(uri), str(uri))
 
 
 def write_text(uri: str | os.PathLike, text: str) -> None:
@@ -282,11 +293,9 @@ def exists(uri: str | os.PathLike) -> bool:
 
 
 def list_uris(prefix_uri: str | os.PathLike, recursive: bool = True) -> list[str]:
-    """The files under a directory or S3 prefix, sorted, as URIs in the prefix's own form.
-
+    """The files under a directory or S3 prefix, sorted, as URIs in the prefix's own form;
     recursive=False lists only the direct children, directories ending with '/'. A missing
-    directory or an S3 prefix with nothing under it raises StoreNotFound.
-    """
+    directory or an S3 prefix with nothing under it raises StoreNotFound."""
     prefix_uri = str(prefix_uri)
     if not is_s3(prefix_uri):
         root = _local(prefix_uri)
@@ -307,7 +316,6 @@ def list_uris(prefix_uri: str | os.PathLike, recursive: bool = True) -> list[str
 
 def ensure_bucket(name: str) -> None:
     """Create the bucket unless it exists (racing creators are fine)."""
-    uri = f"s3://{name}"
 
     def make() -> None:
         c = client()
@@ -318,22 +326,20 @@ def ensure_bucket(name: str) -> None:
                 if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
-    _call(uri, make)
+    _call(f"s3://{name}", make)
 
 
 # ---- directories -----------------------------------------------------------------------------
-
 def file_etag(path: Path, like: str | None = None) -> str:
     """The S3 ETag this file gets when uploaded here: its MD5, or for an ETag `like` that has a
     part count ('...-3'), the multipart form md5(md5(part1) + md5(part2) + ...)-N."""
-    multipart = like is not None and "-" in like
     parts: list[bytes] = []
     whole = hashlib.md5()
     with open(path, "rb") as f:
         while chunk := f.read(MULTIPART_PART_SIZE):
             whole.update(chunk)
             parts.append(hashlib.md5(chunk).digest())
-    if not multipart:
+    if like is None or "-" not in like:
         return whole.hexdigest()
     return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
 
@@ -358,8 +364,7 @@ def _inventory(root: str) -> dict[str, _Entry]:
     bucket, key = split_s3(root)
     prefix = _dir_key(key)
     objects = _call(root, lambda: list(client().list_objects(bucket, prefix=prefix, recursive=True)))
-    return {o.object_name[len(prefix):]: _Entry(f"s3://{bucket}/{o.object_name}", o.size,
-                                                (o.etag or "").strip('"'))
+    return {o.object_name[len(prefix):]: _Entry(f"s3://{bucket}/{o.object_name}", o.size, (o.etag or "").strip('"'))
             for o in objects if not o.object_name.endswith("/")}
 
 
@@ -386,11 +391,7 @@ def _copy_file(src: str, dst: str) -> None:
         bucket, key = split_s3(dst)
         _call(dst, lambda: client().fput_object(bucket, key, src, part_size=MULTIPART_PART_SIZE))
     else:
-        target = _local(dst)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
+        _write_local(_local(dst), lambda tmp: shutil.copyfile(src, tmp))
 
 
 def sync(src: str | os.PathLike, dst: str | os.PathLike) -> SyncReport:

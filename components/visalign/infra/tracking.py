@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from visalign.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,72 @@ def tracking_uri() -> str:
     log.warning("MLFLOW_TRACKING_URI is not set: logging to the local store %s; to use the "
                 "tracking server run `visalign stack up` and eval its exports", local)
     return local
+
+
+class TrackingUnreachable(StageError):
+    """The MLflow tracking server does not answer (checked up front: MLflow's own client retries ~250 s)."""
+
+
+# MLflow's server answers /health; a proxy in front of it may not, and then any API call shows it is up.
+HEALTH_PATHS = ("/health", "/api/2.0/mlflow/experiments/search?max_results=1")
+
+
+def without_credentials(uri: str) -> str:
+    """The URI with any user:password@ taken out of its netloc (for messages and for urllib)."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else uri
+
+
+def _status(url: str, timeout_s: float) -> int:
+    """The HTTP status one GET of `url` gets; connection errors and timeouts raise (OSError)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def check_reachable(uri: str | None = None, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with TrackingUnreachable, when the http(s) tracking server does not answer.
+
+    One GET of <uri>/health (an API call when that is 404), no retries; a 401/403 counts as up (the
+    server answers; credentials are the client's business). sqlite:/file: stores are not checked.
+    `uri` defaults to MLFLOW_TRACKING_URI (unset: the local SQLite store, nothing to reach).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri or urlsplit(uri).scheme.lower() not in ("http", "https"):
+        return
+    safe = without_credentials(uri).rstrip("/")
+    try:
+        for path in HEALTH_PATHS:
+            status = _status(safe + path, timeout_s)
+            if status != 404:
+                break
+        if status < 400 or status in (401, 403):
+            return
+        problem = f"HTTP {status} from GET {path}" + (": not an MLflow server?" if status == 404 else "")
+    except (OSError, ValueError) as e:  # URLError, refused, timed out, bad host or port
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        problem = f"{type(reason).__name__}: {reason}"
+    raise TrackingUnreachable(
+        f"MLflow tracking server {safe} is unreachable ({problem}): start it with `visalign stack up` and eval "
+        f"\"$(visalign stack env)\", or set MLFLOW_TRACKING_URI to a server that is up")
+
+
+def end_stale_run(run_id: str) -> bool:
+    """Mark `run_id` KILLED when it is still RUNNING (its process was killed); True if it was."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+    except MlflowException as e:
+        log.warning("MLflow run %s (an earlier attempt's) is not on this server: %s", run_id, e)
+        return False
+    client.set_terminated(run_id, status="KILLED")
+    log.info("MLflow run %s was left RUNNING by a killed process: marked KILLED", run_id)
+    return True
 
 
 STEP_TAG = "visalign.step"  # MLflow tag: the step attempt's key (start_run(step_key=...))

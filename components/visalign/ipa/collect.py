@@ -23,6 +23,7 @@ whose candidates are all there and redoes those a kill left half-written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -36,7 +37,8 @@ from visalign.inputs import BadImage, output_path
 from visalign.recipes import IpaParams, Recipe
 from visalign.report import StageReport, progress
 from visalign.schema import Prompt, Response
-from visalign.stages.rollout import CLEAN, GenerationRequest, open_images
+from visalign.stages import resume
+from visalign.stages.rollout import CLEAN, GenerationRequest, generation_settings, open_images
 
 log = logging.getLogger(__name__)
 PENDING_FILE = "pending.jsonl"  # written by ipa_pairs: the seeds of the next round
@@ -216,6 +218,12 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
     notes = _notes(params)
     report.rows_in = len(prompts)
     ckpt = out / schema.RESPONSES_FILE
+    # Candidates made by another policy, reviser or recipe are not this round's: refuse (or restart).
+    parts = resume.fingerprint(model=resume.model_digest(model), reviser=resume.model_digest(params.reviser_model or model),
+                               prompts=resume.file_digest(Path(prompts_dir) / schema.PROMPTS_FILE),
+                               parameters={"ipa": dataclasses.asdict(params), "round": round_index,
+                                           "rollout": generation_settings(recipe.rollout)})
+    resume.check(out, parts, ckpt.exists(), recipe.rollout.resume_mismatch, [ckpt], "rollout")
     done, partial = _resume(ckpt, prompts, recipe, round_index)
     todo = []
     for p in prompts:

@@ -221,7 +221,7 @@ def run(*, prompts_dir: str, candidates_dir: str, output_dir: str, recipe: Recip
                         **{k: this_round[k] for k in ("verified_rate", "new_pairs", "pending_after")})
     log.info("ipa round %d: %d candidates, verified %.1f%%, %d new pairs, %d seeds pending", round_index,
              len(verdicts), 100 * this_round["verified_rate"], len(new_pairs), len(pending))
-    report.write(out)
+    report.write(out, allow_empty=True)  # a round may add no pair: its seeds stay pending for the next
     return report
 
 

@@ -121,6 +121,8 @@ class TrainParams:
     save_steps: int = _p(200, "Save a resumable checkpoint every this many optimiser steps.")
     checkpoint_dir: str | None = _p(None, "Checkpoint directory (a workspace volume on a cluster); a re-run with the "
                                     "same one resumes from its last checkpoint. None: inside the output, removed after.")
+    resume_mismatch: str = _p("refuse", "When the checkpoints were made with another base model, other pairs or other "
+                              "parameters: refuse (fail, naming what changed) or restart (discard them).")
     seed: int = _p(0, "Training seed.")
     num_nodes: int = _p(1, "Nodes to train on. 1: every GPU of the train step's pod. >1: the step submits a Kubeflow "
                         "Trainer TrainJob (torch-distributed runtime, DeepSpeed) of this many nodes, each with the GPU "

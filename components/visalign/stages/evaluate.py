@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import logging
 import os
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema
+from visalign.errors import StageError
+from visalign.inputs import output_path
 from visalign.recipes import ConfigError, EvaluateParams
 from visalign.report import StageReport, progress
 from visalign.schema import Prediction
@@ -72,7 +73,7 @@ JUDGE_CACHE_FILE = "judge_cache.jsonl"
 EngineFactory = Callable[[str, EvaluateParams], Any]
 
 
-class JudgeOutage(RuntimeError):
+class JudgeOutage(StageError):
     """The judge gave no answer to some calls: the scores would be wrong, so the step fails."""
 
 
@@ -96,8 +97,7 @@ def _release_memory() -> None:
 
 def _answer(engine: Any, bench: Benchmark, params: EvaluateParams, desc: str) -> tuple[list[Prediction], float]:
     """Generate in chunks (images are decoded per chunk, not per benchmark) and score each answer."""
-    from PIL import Image
-
+    from visalign.inputs import load_rgb
     from visalign.stages.rollout import GenerationRequest
 
     if hasattr(engine, "max_new_tokens"):  # open-ended benchmarks get longer answers than short ones
@@ -106,7 +106,7 @@ def _answer(engine: Any, bench: Benchmark, params: EvaluateParams, desc: str) ->
     chunks = [bench.rows[i:i + params.batch_size] for i in range(0, len(bench.rows), params.batch_size)]
     for chunk in progress(chunks, desc=desc, total=len(chunks)):
         requests = [GenerationRequest(id=r.index, question=build_question(r, bench.task),
-                                      images=[Image.open(io.BytesIO(b)).convert("RGB") for b in r.images])
+                                      images=[load_rgb(b, f"{bench.source} index {r.index}") for b in r.images])
                     for r in chunk]
         start = time.monotonic()
         results = engine.generate(requests)
@@ -223,7 +223,12 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
 
     `judge` replaces the one params.judge builds (tests give a stand-in)."""
     report = StageReport("evaluate")
-    out = Path(output_dir)
+    logs_to_mlflow = bool(mlflow_run_id or os.environ.get("MLFLOW_TRACKING_URI"))
+    if logs_to_mlflow:  # a tracking server that is down fails here, not after every model has answered
+        from visalign.infra import tracking
+
+        tracking.check_reachable()
+    out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     bad = [n for n in models if not n or n.startswith("_") or "/" in n]
     if not models or bad:
@@ -277,14 +282,15 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
                         "models": dict(models), "judge": judge.provenance() if judge is not None else None}
     (out / schema.RESULTS_FILE).write_text(json.dumps(results, indent=2))
     (out / COMPARISON_FILE).write_text(comparison_markdown(results))
-    if mlflow_run_id or os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow_run_id = log_to_mlflow(results, out, mlflow_run_id, predictions)
     report.extra.update(
         models=dict(models), benchmarks=results["_meta"]["benchmarks"], predictions=questions,
         generation_seconds=round(seconds, 3),
         questions_per_second=round(questions / seconds, 3) if seconds else None, mlflow_run_id=mlflow_run_id,
         judge=dict(judge.stats) if judge is not None else None)
-    report.write(out)
+    report.write(out)  # before MLflow: if logging fails, results.json and report.json are both there
+    if logs_to_mlflow:
+        report.extra["mlflow_run_id"] = log_to_mlflow(results, out, mlflow_run_id, predictions)
+        report.write(out)
     return report
 
 

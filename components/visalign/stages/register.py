@@ -128,14 +128,12 @@ class VisalignVLM(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: list[Question], params: dict[str, str] | None = None) -> list[str]:
         import base64
-        import io
 
-        from PIL import Image
-
+        from visalign.inputs import load_rgb
         from visalign.stages.rollout import GenerationRequest
 
         requests = [GenerationRequest(id=str(i), question=q.question, images=[
-            Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB") for b in q.images])
+            load_rgb(base64.b64decode(b), f"question {i}: image {k}") for k, b in enumerate(q.images)])
             for i, q in enumerate(model_input)]
         return [r.text for r in self.engine.generate(requests)]
 
@@ -240,6 +238,7 @@ def run(*, model_dir: str, eval_dir: str, output_dir: str, params: RegisterParam
     from visalign.infra import tracking
     from visalign.models import local_dir
 
+    tracking.check_reachable()  # in seconds, before a model download (MLflow's client retries ~250 s)
     report = StageReport("register")
     candidate, base = read_results(eval_dir)
     path = local_dir(model_dir)

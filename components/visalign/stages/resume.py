@@ -1,6 +1,6 @@
 """What a resumable stage's earlier output was made with, so a re-run resumes only its own work.
 
-A resumable stage (rollout, IPA collection and verification) appends finished rows to its output
+A resumable stage (rollout, IPA collection; train, through its checkpoints) appends finished rows to its output
 and skips them on a re-run. Rows made with another model, other data or other parameters would be
 taken as done and reported under the new model's name, so the stage writes a fingerprint beside its
 rows (resume.json: a digest of the model's files, the processor's, the inputs and the parameters)
@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +75,19 @@ def check(output_dir: Path, parts: dict[str, str], has_work: bool, on_mismatch: 
     resume = has_work
     if has_work and before != parts:
         changed = (sorted(k for k in set(parts) | set(before) if parts.get(k) != before.get(k)) if before
-                   else ["unknown: the earlier rows have no resume.json"])
+                   else ["everything: the earlier work has no resume.json, so what made it is unknown"])
         if on_mismatch == REFUSE:
             raise ResumeMismatch(
-                f"{output_dir}: holds {stage} rows made with another {', '.join(changed)} than this run's; resuming "
-                f"would pass them off as this run's. Use a new output directory, or set "
-                f"{stage}.resume_mismatch={RESTART} to discard them and start afresh")
+                f"{output_dir}: the {stage} work in it does not match this run ({', '.join(changed)} changed); "
+                f"resuming would pass it off as this run's. Use a new output directory, or set "
+                f"{stage}.resume_mismatch={RESTART} to discard it and start afresh")
         log.warning("%s: %s changed since the earlier rows in %s: discarding them and starting afresh", stage,
                     ", ".join(changed), output_dir)
         for f in work_files:
-            f.unlink(missing_ok=True)
+            if f.is_dir():
+                shutil.rmtree(f)
+            else:
+                f.unlink(missing_ok=True)
         resume = False
     output_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(parts, indent=2))

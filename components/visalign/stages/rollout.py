@@ -24,8 +24,8 @@ from visalign.inputs import output_path
 from visalign.recipes import RolloutParams
 from visalign.recipes.registry import PROMPT_TEMPLATES
 from visalign.report import StageReport, progress
-from visalign.stages import resume
 from visalign.schema import Prompt, Response, View
+from visalign.stages import resume
 
 log = logging.getLogger(__name__)
 CLEAN = "clean"
@@ -273,14 +273,19 @@ def _chunk_requests(chunk: list[Prompt], views: dict[str, View], prompts_dir: st
     return requests, owners
 
 
-def _fingerprint(model: str, prompts_dir: str, views_dir: str | None, params: RolloutParams) -> dict[str, str]:
-    """What the responses depend on: the model's and processor's files, the prompts and views, and every
-    parameter but the checkpoint interval (and, for greedy decoding, the batch size)."""
+def generation_settings(params: RolloutParams) -> dict[str, Any]:
+    """The parameters responses depend on: all but the checkpoint interval, the resume policy and, for
+    greedy decoding, the batch size (a resumed run may use a smaller one after running out of memory)."""
     settings = dataclasses.asdict(params)
-    settings.pop("checkpoint_every")
-    settings.pop("resume_mismatch")
-    if not params.do_sample:
-        settings.pop("batch_size")
+    for name in ("checkpoint_every", "resume_mismatch") + (() if params.do_sample else ("batch_size",)):
+        settings.pop(name)
+    return settings
+
+
+def _fingerprint(model: str, prompts_dir: str, views_dir: str | None, params: RolloutParams) -> dict[str, str]:
+    """What the responses depend on: the model's and processor's files, the prompts and views, and the
+    generation settings."""
+    settings = generation_settings(params)
     inputs_ = {"prompts": resume.file_digest(Path(prompts_dir) / schema.PROMPTS_FILE)}
     if views_dir:
         inputs_["views"] = resume.file_digest(Path(views_dir) / schema.VIEWS_FILE)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema
+from visalign.errors import EmptyResult
+from visalign.inputs import output_path
 from visalign.recipes import Recipe, TrainParams
 from visalign.report import StageReport
 
@@ -52,16 +54,28 @@ def language_model_linear_layers(model: Any) -> list[str]:
     return names
 
 
-def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1):
-    """Pairs as a datasets.Dataset in TRL's conversational vision format, images decoded lazily."""
+def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1, report: StageReport | None = None):
+    """The valid pairs (checked as filter.pair_problem checks them; the rest dropped into `report`) as a
+    datasets.Dataset in TRL's conversational vision format, images decoded lazily."""
     from datasets import Dataset, Image, List
 
+    from visalign.stages.filter import pair_problem
     from visalign.stages.rollout import user_message
 
-    pairs = schema.read_rows(Path(pairs_dir) / schema.PAIRS_FILE)
+    report = report if report is not None else StageReport("train")
+    file = Path(pairs_dir) / schema.PAIRS_FILE
+    pairs, seen = [], set()
+    for row, p in enumerate(schema.iter_rows(file), start=1):
+        report.rows_in += 1
+        problem = ("duplicate_pair", f"pair id {p.id} again") if p.id in seen else pair_problem(p, pairs_dir)
+        if problem:
+            report.drop(problem[0], f"{file}: row {row}: {problem[1]}")
+            continue
+        seen.add(p.id)
+        pairs.append(p)
     if not pairs:
-        raise ValueError(f"{pairs_dir}/{schema.PAIRS_FILE}: no pairs to train on; see the report.json of "
-                         f"the step that built them for the rows dropped and why")
+        raise EmptyResult(f"{file}: no pairs to train on ({report.empty_message()}); see also the report.json "
+                          "of the step that built them for the rows it dropped and why")
     rows = [{
         "images": [str(Path(pairs_dir) / im) for im in p.images],
         # the same chat turn rollout builds: images first, or where the prompt's <image> markers are
@@ -75,13 +89,13 @@ def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1):
 def _longest_rows(pairs_dir: str | os.PathLike, pairs: list, k: int) -> list[int]:
     """Indices of the rows likeliest to be longest: the k with the most images (then text), and the k
     with the most pixels (dynamic-resolution processors spend tokens per pixel, not per image)."""
-    from PIL import Image
+    from visalign.inputs import image_size
 
     def pixels(p) -> int:
         total = 0
         for rel in p.images:
-            with Image.open(Path(pairs_dir) / rel) as im:  # reads the header only
-                total += im.width * im.height
+            width, height = image_size(Path(pairs_dir) / rel, f"{pairs_dir}/{rel}")  # reads the header only
+            total += width * height
         return total
 
     order = range(len(pairs))
@@ -227,40 +241,44 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     import mlflow
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForImageTextToText
 
     from visalign.infra import tracking
-    from visalign.models import load_processor, local_dir
+    from visalign.models import from_pretrained, load_processor, local_dir
 
+    tracking.check_reachable()  # in seconds, before the model loads (MLflow's client retries ~250 s)
     report = StageReport("train")
-    out = Path(output_dir)
+    out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset, pairs = load_pairs_dataset(pairs_dir, params.data_repeats)
-    report.rows_in = len(pairs)
+    dataset, pairs = load_pairs_dataset(pairs_dir, params.data_repeats, report)
     gpu = torch.cuda.is_available()
     bf16 = params.precision == "bf16" or (params.precision == "auto" and gpu)
     _single_process_env(params.deepspeed is not None)
     base_dir = local_dir(model)
     processor = load_processor(base_dir)
     check_max_length(pairs_dir, dataset, pairs, processor, params.max_length)  # before the model takes memory
-    policy = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
+    policy = from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32)  # safetensors only, unless opted in
     peft_config = None
     if params.lora_r > 0:
         peft_config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
                                  target_modules=language_model_linear_layers(policy), task_type="CAUSAL_LM")
     ckpt_dir = Path(params.checkpoint_dir) if params.checkpoint_dir else out / "_checkpoints"
-    resume = any(ckpt_dir.glob("checkpoint-*"))
+    _check_resume(ckpt_dir, base_dir, pairs, params)
+    resume_from = _last_complete_checkpoint(ckpt_dir)  # None: start afresh
+    resume = resume_from is not None
     with tracking.start_run(experiment, run_name=f"train-{recipe.name if recipe else 'dpo'}") as mlrun:
         tracking.log_params_flat({"recipe": recipe.to_dict() if recipe else {}, "train": _asdict(params),
                                   "base_model": str(model), "pairs": len(pairs)})
         curve = _loss_curve_callback(mlrun.info.run_id)
+        if resume:
+            curve.history = _take_over(ckpt_dir, resume_from, mlrun.info.run_id)
+        _record_run(ckpt_dir, mlrun.info.run_id)
         trainer = _trainer(params)(model=policy, args=_dpo_config(params, ckpt_dir, bf16), train_dataset=dataset,
                                    processing_class=processor, peft_config=peft_config, callbacks=[curve],
                                    data_collator=preference_collator(processor, params.max_length))
         log.info("train: %d pairs x %d repeats, %s, resume=%s", len(pairs), params.data_repeats,
                  f"LoRA r={params.lora_r}" if peft_config else "full", resume)
         try:
-            result = trainer.train(resume_from_checkpoint=resume or None)
+            result = trainer.train(resume_from_checkpoint=resume_from)
             _save(trainer, processor, out, params, model, recipe, pairs, pairs_dir, mlrun.info.run_id)
         finally:
             _release_deepspeed()
@@ -278,6 +296,72 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     )
     report.write(out)
     return report
+
+
+RUN_FILE = "mlflow_run.json"  # in the checkpoint directory: the MLflow run its checkpoints belong to
+RESUMED_FROM_TAG = "visalign.resumed_from"
+
+
+def _rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # the other ranks log to a throwaway store (train_node)
+
+
+def _check_resume(ckpt_dir: Path, base_dir: Path, pairs: list, params: TrainParams) -> None:
+    """Checkpoints made from another base, other pairs or other settings are not this run's to resume
+    (stages.resume): refuse, or with train.resume_mismatch=restart, discard them."""
+    from visalign.stages import resume
+
+    settings = {k: v for k, v in _asdict(params).items()
+                if k not in ("checkpoint_dir", "save_steps", "logging_steps", "resume_mismatch", "merge")}
+    parts = resume.fingerprint(model=resume.model_digest(base_dir), pairs=sorted(p.id for p in pairs),
+                               parameters=settings)
+    if _rank_zero():
+        checkpoints = sorted(ckpt_dir.glob("checkpoint-*"))
+        resume.check(ckpt_dir, parts, bool(checkpoints), params.resume_mismatch, checkpoints, "train")
+
+
+def _record_run(ckpt_dir: Path, run_id: str) -> None:
+    if _rank_zero():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
+
+
+def _last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The highest checkpoint-N holding its trainer_state.json (the trainer writes it last: a process
+    killed while saving leaves a checkpoint without it, which must not be resumed from)."""
+    found = sorted((int(p.name.split("-")[1]), p) for p in ckpt_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    complete = [p for _, p in found if (p / "trainer_state.json").exists()]
+    if len(complete) < len(found):
+        log.warning("train: %s: skipping checkpoints without trainer_state.json (cut off while saving): %s",
+                    ckpt_dir, [p.name for _, p in found if p not in complete])
+    return str(complete[-1]) if complete else None
+
+
+def _take_over(ckpt_dir: Path, checkpoint: str, run_id: str) -> list[dict[str, float]]:
+    """A resume: the run that wrote the checkpoints marked KILLED if a killed process left it RUNNING,
+    the new run tagged with it, and the loss curve of `checkpoint` (the one the trainer resumes from)
+    logged into the new run at its steps. Returns those points."""
+    import mlflow
+
+    from visalign.infra import tracking
+
+    entries = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("log_history", [])
+    points = [{"step": int(e["step"]), **{k: float(v) for k, v in e.items() if k != "step" and
+                                          isinstance(v, (int, float))}} for e in entries if "step" in e]
+    if not _rank_zero():
+        return points
+    previous = json.loads((ckpt_dir / RUN_FILE).read_text())["run_id"] if (ckpt_dir / RUN_FILE).exists() else None
+    client = mlflow.MlflowClient()
+    if previous and previous != run_id:
+        tracking.end_stale_run(previous)
+        client.set_tag(run_id, RESUMED_FROM_TAG, previous)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, p["step"])
+                                      for p in points for k, v in p.items() if k != "step"])
+    log.info("train: resuming from %s (run %s): %d logged steps carried into run %s", checkpoint, previous,
+             len(points), run_id)
+    return points
 
 
 def _release_deepspeed() -> None:
@@ -308,6 +392,8 @@ def _asdict(params: TrainParams) -> dict[str, Any]:
 def _save(trainer, processor, out: Path, params: TrainParams, base: str, recipe: Recipe | None,
           pairs: list, pairs_dir: str, run_id: str) -> None:
     """Adapter (or full model) + processor + card; the merged model too when asked for."""
+    from visalign.models import loading_policy
+
     trainer.save_model(str(out))
     processor.save_pretrained(out)
     merged = None
@@ -320,7 +406,7 @@ def _save(trainer, processor, out: Path, params: TrainParams, base: str, recipe:
         recipe=recipe.to_dict() if recipe else {"train": _asdict(params)},
         data={"pairs": len(pairs), "pairs_dir": str(pairs_dir),
               "pairs_digest": schema.stable_id(sorted(p.id for p in pairs))},
-        mlflow_run_id=run_id, merged=merged)
+        mlflow_run_id=run_id, merged=merged, loading=loading_policy())
     schema.write_model_card(out, card)
 
 

@@ -9,6 +9,7 @@ import pytest
 import urllib3
 from minio.error import S3Error, ServerError
 
+from visalign.errors import InputError, StageError
 from visalign.infra import store
 
 
@@ -173,17 +174,96 @@ def test_call_retries_transient_errors_with_growing_backoff(monkeypatch):
         assert 0.5 * store.RETRY_BASE_SECONDS * 2**n <= delay <= store.RETRY_BASE_SECONDS * 2**n
 
 
-def test_call_gives_up_after_the_configured_attempts(monkeypatch):
-    monkeypatch.setattr(store.time, "sleep", lambda s: None)
+class FakeClock:
+    """Stands in for store's `time` module: sleep() advances monotonic() at once."""
+
+    def __init__(self):
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(store, "time", fake)
+    monkeypatch.delenv("VISALIGN_S3_RETRY_SECONDS", raising=False)
+    return fake
+
+
+def test_call_gives_up_when_the_retry_budget_is_spent(clock, monkeypatch):
+    monkeypatch.setenv("VISALIGN_S3_RETRY_SECONDS", "60")
     calls = []
 
     def down():
-        calls.append(1)
+        calls.append(clock.now)
         raise ServerError("unavailable", 503)
 
-    with pytest.raises(store.StoreError, match=r"s3://b/k: gave up after 5 attempts"):
+    with pytest.raises(store.StoreError) as e:
         store._call("s3://b/k", down)
-    assert len(calls) == store.RETRY_ATTEMPTS == 5
+    message = str(e.value)
+    assert message.startswith(f"s3://b/k: gave up after 60.0 s and {len(calls)} attempts")
+    assert "ServerError" in message and "is the S3 endpoint up?" in message
+    assert "raise VISALIGN_S3_RETRY_SECONDS (now 60)" in message
+    assert isinstance(e.value, StageError) and isinstance(e.value, RuntimeError)
+    # Backoff capped at RETRY_MAX_SECONDS; the last sleep is cut to end exactly at the budget.
+    assert sum(clock.sleeps) == pytest.approx(60.0)
+    assert max(clock.sleeps) <= store.RETRY_MAX_SECONDS
+    assert len(calls) == len(clock.sleeps) + 1 and 9 <= len(calls) <= 20
+
+
+def test_call_outlasts_an_outage_longer_than_the_old_five_attempts(clock):
+    start = clock.now
+
+    def restarting():  # down for 40 s, as a server restart can be; the default budget is 120 s
+        if clock.now - start < 40:
+            raise urllib3.exceptions.NewConnectionError(None, "refused")
+        return "back"
+
+    assert store._call("s3://b/k", restarting) == "back"
+    assert 40 <= sum(clock.sleeps) <= 40 + store.RETRY_MAX_SECONDS
+
+
+def test_the_budget_counts_from_the_first_failure_not_the_call(clock, monkeypatch):
+    monkeypatch.setenv("VISALIGN_S3_RETRY_SECONDS", "60")
+    outcomes = ["slow failure", "ok"]
+
+    def long_upload():  # 100 s of transfer, then the connection drops: still worth a retry
+        if outcomes.pop(0) == "slow failure":
+            clock.now += 100
+            raise ConnectionResetError()
+        return "uploaded"
+
+    assert store._call("s3://b/k", long_upload) == "uploaded"
+    assert len(clock.sleeps) == 1
+
+
+def test_retry_seconds_setting(clock, monkeypatch):
+    assert store.retry_seconds() == store.RETRY_SECONDS_DEFAULT == 120
+    monkeypatch.setenv("VISALIGN_S3_RETRY_SECONDS", "2.5")
+    assert store.retry_seconds() == 2.5
+    monkeypatch.setenv("VISALIGN_S3_RETRY_SECONDS", "0")  # one attempt, no retry
+    with pytest.raises(store.StoreError, match="gave up after 0.0 s and 1 attempts"):
+        store._call("s3://b/k", raising(ServerError("unavailable", 503)))
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("VISALIGN_S3_RETRY_SECONDS", bad)
+        # Refused before the first request, not only once the endpoint fails.
+        with pytest.raises(store.StoreConfigError, match=rf"s3://b/k: VISALIGN_S3_RETRY_SECONDS='{bad}' must be a number"):
+            store._call("s3://b/k", lambda: pytest.fail("must not be called"))
+    assert clock.sleeps == []
+
+
+def test_read_text_refuses_bytes_that_are_not_utf8_naming_the_file_and_offset(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"ok\nbad \xff here")
+    with pytest.raises(InputError, match=rf"{path}: not UTF-8 text: byte 0xff at offset 7 \(line 2\)"):
+        store.read_text(path)
+    assert issubclass(store.StoreError, StageError) and issubclass(store.StoreNotFound, FileNotFoundError)
 
 
 def raising(error: Exception):

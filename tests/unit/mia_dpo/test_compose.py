@@ -6,8 +6,10 @@ import pytest
 from PIL import Image
 
 from visalign import schema
+from visalign.errors import EmptyResult
 from visalign.mia_dpo import compose as mi
 from visalign.recipes import ComposeParams
+from visalign.report import read_report
 from visalign.schema import Prompt
 
 
@@ -128,10 +130,11 @@ def test_compose_skips_a_broken_distractor_and_drops_what_cannot_be_built(tmp_pa
     assert all("images/5.png" not in r.meta["sources"] for r in rows)
     # now each target has only 4 usable others: 5 images in all cannot be built
     (seeds / "images" / "4.png").write_bytes(b"broken")
-    report = mi.run(prompts_dir=str(seeds), output_dir=str(tmp_path / "out2"), params=params)
-    assert report.to_dict()["dropped"]["too_few_distractors"] == 4
-    assert "needs 4 distractors, its source has 3 usable" in report.examples["too_few_distractors"][0]
-    assert report.rows_out == 0
+    with pytest.raises(EmptyResult, match="no rows out of 7 in; dropped: 4 too_few_distractors"):
+        mi.run(prompts_dir=str(seeds), output_dir=str(tmp_path / "out2"), params=params)
+    saved = read_report(tmp_path / "out2")
+    assert saved["dropped"]["too_few_distractors"] == 4 and saved["rows_out"] == 0
+    assert "needs 4 distractors, its source has 3 usable" in saved["drop_examples"]["too_few_distractors"][0]
 
 
 def test_too_few_distractor_candidates_is_a_clear_error(tmp_path):

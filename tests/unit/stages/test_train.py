@@ -1,8 +1,10 @@
+import dataclasses
 import json
 
 import pytest
 
 from visalign import schema
+from visalign.errors import EmptyResult, ResumeMismatch
 from visalign.recipes import TrainParams
 from visalign.schema import Pair
 from visalign.stages import train
@@ -77,12 +79,19 @@ def test_resume_skips_finished_steps(tiny_model, pairs_dir, tmp_path):
     assert first.extra["resumed"] is False and any((tmp_path / "ckpt").glob("checkpoint-*"))
     again = train.run(pairs_dir=str(pairs_dir), model=str(tiny_model), output_dir=str(tmp_path / "b"), params=params)
     assert again.extra["resumed"] is True and again.extra["steps"] == first.extra["steps"]
+    # Checkpoints of another run (here: another beta) are not resumed, unless asked to start afresh.
+    other = TrainParams(**{**TOY, "data_repeats": 1}, save_steps=1, checkpoint_dir=str(tmp_path / "ckpt"), beta=0.5)
+    with pytest.raises(ResumeMismatch, match=r"the train work in it does not match this run \(parameters changed\)"):
+        train.run(pairs_dir=str(pairs_dir), model=str(tiny_model), output_dir=str(tmp_path / "c"), params=other)
+    fresh = train.run(pairs_dir=str(pairs_dir), model=str(tiny_model), output_dir=str(tmp_path / "c"),
+                      params=dataclasses.replace(other, resume_mismatch="restart"))
+    assert fresh.extra["resumed"] is False and fresh.extra["steps"] == first.extra["steps"]
 
 
 def test_no_pairs_is_a_clear_error(tiny_model, tmp_path):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / schema.PAIRS_FILE).write_text("")
-    with pytest.raises(ValueError, match="no pairs to train on"):
+    with pytest.raises(EmptyResult, match="no pairs to train on"):
         train.run(pairs_dir=str(tmp_path / "p"), model=str(tiny_model), output_dir=str(tmp_path / "o"),
                   params=TrainParams(**TOY))
 
