@@ -46,13 +46,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     wanted = next((a for a in argv if not a.startswith("-")), None)  # the subcommand, after any --debug
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # also after the subcommand; SUPPRESS keeps an absent flag from resetting one given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name == wanted:  # import only the module that will run
             importlib.import_module(module).configure_parser(p)
     return parser
 
 
 # Stage arguments that name an input directory, and the one that names the output (local or s3://).
-INPUT_DIRS = ("prompts", "views", "responses", "pairs", "state")
+INPUT_DIRS = ("prompts", "views", "responses", "pairs", "state", "candidates")
 
 
 def _run(module, args: argparse.Namespace) -> int:

@@ -109,7 +109,7 @@ def load_rgb(source: bytes | str | os.PathLike, where: str, max_pixels: int | No
 
 
 def image_size(path: str | os.PathLike, where: str) -> tuple[int, int]:
-    """(width, height) from the header alone, within the pixel limit."""
+    """(width, height) from the header alone (no pixel is decoded, so no limit is needed)."""
     from PIL import Image
 
     try:
@@ -140,7 +140,7 @@ def confine(root: str, rel: str, where: str, allow_outside: bool = False) -> str
     if not normal.startswith(base + "/"):
         raise InputError(where, f"image path {rel!r} leads outside the seed directory {root} (to {normal}); keep "
                          "images under it, set --image-root, or set sample.images_outside_root=true to allow it")
-    return joined if "://" in joined else normal
+    return joined  # as joined, not resolved: the image's key (and so the prompt ids) stays what it was
 
 
 def output_path(output_dir: str | os.PathLike) -> Path:

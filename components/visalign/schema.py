@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from visalign.errors import StageError
+from visalign.errors import InputError, StageError
 
 PROMPTS_FILE = "prompts.jsonl"
 VIEWS_FILE = "views.jsonl"
@@ -222,13 +222,15 @@ def iter_rows(path: str | os.PathLike, cls: type[Row] | None = None) -> Iterator
     cls = cls or _ROW_TYPES.get(path.name)
     if cls is None:
         raise ValueError(f"{path}: no row type is known for this file name; pass cls=")
+    if not path.is_file():
+        raise InputError(path, "no such file; is its directory the output of the stage before this one?")
     with open(path, "rb") as f:
         for i, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise SchemaError(path, i, "<row>", f"not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} of "
-                                  "the line") from None
+                raise SchemaError(path, i, "<row>", f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start} "
+                                  "of the line") from None
             if not line.strip():
                 continue
             try:
@@ -248,11 +250,11 @@ def read_checkpoint(path: str | os.PathLike, cls: type[Row]) -> list[Row]:
     if not path.exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes: a kill inside a multi-byte character tears the UTF-8 too
         for i, line in enumerate(f, start=1):
             try:
-                rows.append(from_dict(cls, json.loads(line), file=path, row=i))
-            except (json.JSONDecodeError, SchemaError):
+                rows.append(from_dict(cls, json.loads(line.decode("utf-8")), file=path, row=i))
+            except (UnicodeDecodeError, json.JSONDecodeError, SchemaError):
                 break
     return rows
 
@@ -261,7 +263,11 @@ def read_model_card(model_dir: str | os.PathLike) -> ModelCard | None:
     path = Path(model_dir) / MODEL_CARD_FILE
     if not path.exists():
         return None
-    return from_dict(ModelCard, json.loads(path.read_text()), file=path, row=1)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SchemaError(path, 1, "<file>", f"not a UTF-8 JSON model card ({e})") from None
+    return from_dict(ModelCard, data, file=path, row=1)
 
 
 def write_model_card(model_dir: str | os.PathLike, card: ModelCard) -> None:

@@ -1,6 +1,6 @@
 """Stages run from the `visalign` command read s3:// inputs and write s3:// outputs (the real
-SeaweedFS of the session's stack): no local folder named 's3:', and a re-run resumes from the
-output already in the bucket."""
+SeaweedFS of the session's stack): no local folder named 's3:', and a re-run sees the bucket as it
+is, not what an earlier run left in the local staging copy."""
 
 from __future__ import annotations
 
@@ -44,3 +44,13 @@ def test_sample_and_augment_read_and_write_s3(stack, tmp_path, monkeypatch):
     views = store.read_text(f"{prefix}/views/{schema.VIEWS_FILE}").splitlines()
     assert len(views) == 3 and store.exists(f"{prefix}/views/images")
     assert not any(p.name.startswith("s3:") for p in tmp_path.iterdir())
+    # The output deleted from the bucket, then made again with fewer prompts: nothing of the first run
+    # comes back from the local staging copy.
+    bucket = stack.settings.bucket
+    for uri in store.list_uris(f"{prefix}/prompts"):
+        store.client().remove_object(bucket, store.split_s3(uri)[1])
+    assert main(["sample", "--input", f"{prefix}/seeds/seeds.json", "--output", f"{prefix}/prompts",
+                 "--set", "sample.num_prompts=2"]) == 0
+    listed = [u.removeprefix(f"{prefix}/prompts/") for u in store.list_uris(f"{prefix}/prompts")]
+    assert sum(u.startswith("images/") for u in listed) == 2
+    assert len(store.read_text(f"{prefix}/prompts/{schema.PROMPTS_FILE}").splitlines()) == 2

@@ -115,7 +115,7 @@ def test_sample_drops_a_bad_llava_row_and_keeps_the_good_ones(kind, tmp_path):
     prompts = schema.read_rows(tmp_path / "out" / schema.PROMPTS_FILE)
     sources = {p.source_row.split("#")[0] for p in prompts}
     assert {"good0", "good1"} <= sources
-    assert not (tmp_path / "out" / "images" / "secret.png").exists()
+    assert len(list((tmp_path / "out" / "images").iterdir())) == len({p.images[0] for p in prompts})  # nothing else copied
 
 
 def test_sample_keeps_the_answered_turns_of_a_row_whose_last_question_has_no_answer(tmp_path):
@@ -387,7 +387,7 @@ TRAIN_DROPS = {
 
 
 @pytest.mark.parametrize("kind", sorted(TRAIN_DROPS))
-def test_train_checks_its_pairs_as_filter_does(kind, tmp_path):
+def test_train_checks_every_pair_it_reads(kind, tmp_path):
     pair, image, reason = TRAIN_DROPS[kind]
     report = StageReport("train")
     dataset, pairs = train.load_pairs_dataset(pairs_dir(tmp_path, pair, image), report=report)
@@ -460,6 +460,17 @@ def test_the_cli_prints_one_line_and_exits_2_on_an_expected_error(tmp_path, caps
     assert "visalign sample: error: " in err and "bad.json: not valid JSON" in err and "Traceback" not in err
     assert main(["--debug", "sample", "--input", str(tmp_path / "bad.json"), "--output", str(tmp_path / "o")]) == 2
     assert "Traceback" in capsys.readouterr().err
+    assert main(["sample", "--input", str(tmp_path / "bad.json"), "--output", str(tmp_path / "o"), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_missing_input_directory_is_named_not_a_traceback(tmp_path, capsys):
+    from visalign.cli import main
+
+    assert main(["filter", "--prompts", str(tmp_path / "nowhere"), "--responses", str(tmp_path),
+                 "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere' / schema.PROMPTS_FILE}: no such file" in err and "Traceback" not in err
 
 
 def test_the_cli_refuses_an_s3_output_without_credentials_and_writes_no_s3_folder(tmp_path, capsys, monkeypatch):
@@ -474,3 +485,14 @@ def test_the_cli_refuses_an_s3_output_without_credentials_and_writes_no_s3_folde
     assert main(["sample", "--input", str(seeds), "--output", "gs://bucket/prefix"]) == 2
     assert "unsupported URI scheme" in capsys.readouterr().err and not (tmp_path / "gs:").exists()
 
+
+
+def test_a_checkpoint_torn_inside_a_multibyte_character_resumes_without_its_last_row(tmp_path):
+    rows = [schema.Response(id=str(i), prompt_id="p", view="clean", text="答案是猫", num_tokens=4, finish_reason="eos")
+            for i in range(3)]
+    path = tmp_path / schema.RESPONSES_FILE
+    schema.write_rows(path, rows)
+    data = path.read_bytes()
+    cut = data.rindex("猫".encode()) + 1  # killed after the first byte of a three-byte character
+    path.write_bytes(data[:cut])
+    assert [r.id for r in schema.read_checkpoint(path, schema.Response)] == ["0", "1"]

@@ -9,6 +9,7 @@ that directory when the stage ends, also when it fails: the finished part of the
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,9 @@ def staged_output(uri: str) -> Iterator[str]:
         return
     bucket, key = store.split_s3(uri)
     local = store.cache_root() / "outputs" / store.s3_config().endpoint.replace(":", "_") / bucket / key.rstrip("/")
+    # The bucket is the truth: a copy left in the cache by an earlier run (of an output since deleted
+    # or changed) must not come back and be uploaded again.
+    shutil.rmtree(local, ignore_errors=True)
     if store.exists(uri):
         store.download_dir(uri, local)
     local.mkdir(parents=True, exist_ok=True)

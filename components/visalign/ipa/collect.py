@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from visalign import schema
-from visalign.inputs import BadImage, output_path
-from visalign.recipes import IpaParams, Recipe
+from visalign.errors import InputError
+from visalign.inputs import BadImage, decode_text, output_path
+from visalign.recipes import ConfigError, IpaParams, Recipe
 from visalign.report import StageReport, progress
 from visalign.schema import Prompt, Response
 from visalign.stages import resume
@@ -139,9 +140,9 @@ def pending_prompts(prompts: list[Prompt], state_dir: str | None, report: StageR
         return prompts, None
     path = Path(state_dir) / PENDING_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; --state must be the previous round's ipa-pairs output")
+        raise InputError(path, "not found; --state must be the previous round's ipa-pairs output")
     ids = set()
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    for i, line in enumerate(decode_text(path.read_bytes(), path).splitlines(), start=1):
         if line.strip():
             try:
                 ids.add(json.loads(line)["prompt_id"])
@@ -206,7 +207,7 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
     """Candidates of round `round_index` (1-based) of `recipe.ipa.rounds` for the pending seeds."""
     params = recipe.ipa
     if not 1 <= round_index <= params.rounds:
-        raise ValueError(f"round_index={round_index}: must be in [1, ipa.rounds={params.rounds}]")
+        raise ConfigError([f"round_index={round_index}: must be in [1, ipa.rounds={params.rounds}]"])
     report = StageReport("ipa-collect")
     out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,7 +224,7 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
                                prompts=resume.file_digest(Path(prompts_dir) / schema.PROMPTS_FILE),
                                parameters={"ipa": dataclasses.asdict(params), "round": round_index,
                                            "rollout": generation_settings(recipe.rollout)})
-    resume.check(out, parts, ckpt.exists(), recipe.rollout.resume_mismatch, [ckpt], "rollout")
+    resume.check(out, parts, [ckpt], recipe.rollout.resume_mismatch, "ipa-collect", "rollout")
     done, partial = _resume(ckpt, prompts, recipe, round_index)
     todo = []
     for p in prompts:
@@ -255,7 +256,7 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
                         notes=notes,
                         candidates_by_view=dict(Counter(r.view for r in rows)),
                         generation_seconds=round(time.monotonic() - start, 3))
-    report.write(out)
+    report.write(out, allow_empty=state_dir is not None)  # a later round may have nothing left pending
     return report
 
 

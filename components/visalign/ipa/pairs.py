@@ -244,12 +244,14 @@ def _round_stats(round_index: int, verifier: Verifier, verdicts: dict[str, Verdi
 def read_tolerant(path: Path, cls: type, report: StageReport) -> list[Any]:
     """Rows of a JSON Lines file; a corrupt row is skipped and counted, naming file, row and field."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
-                rows.append(schema.from_dict(cls, json.loads(line), file=path, row=i))
+                rows.append(schema.from_dict(cls, json.loads(raw.decode("utf-8")), file=path, row=i))
+            except UnicodeDecodeError as e:
+                report.drop("corrupt_row", f"{path}: row {i}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start})")
             except json.JSONDecodeError as e:
                 report.drop("corrupt_row", f"{path}: row {i}: not valid JSON: {e.msg}")
             except schema.SchemaError as e:

@@ -166,6 +166,10 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: Select
     """Pairs (chosen = reference, rejected = a response that looked away) from composed prompts.
 
     `recipe` (the resolved one, when the caller has it) is logged to MLflow; else only `params`."""
+    if mlflow_run_id or os.environ.get("MLFLOW_TRACKING_URI"):
+        from visalign.infra import tracking
+
+        tracking.check_reachable()  # in seconds, before the work (MLflow's client retries ~250 s)
     report = StageReport("select")
     out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

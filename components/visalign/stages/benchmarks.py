@@ -173,9 +173,8 @@ def read_benchmark(uri: str, report: StageReport, limit: int | None = None) -> B
         except _RowProblem as e:
             report.drop(e.reason, f"{uri}: row {i} (index {raw.get('index')}): field '{e.field}': {e.problem}")
     if not rows:
-        dropped = {r: n for r, n in report.dropped.items()}
-        raise EmptyResult(f"{uri}: no usable row of {len(raws)} (dropped so far: {dropped or 'none'}); a benchmark "
-                          "needs rows with index, image, question and answer")
+        raise EmptyResult(f"{uri}: no usable row of {len(raws)} (dropped so far: {dict(report.dropped) or 'none'}); "
+                          "a benchmark needs rows with index, image, question and answer")
     name = Path(uri).stem
     return Benchmark(name=name, source=uri, task=infer_task(rows, name, reader.fieldnames or []), rows=rows,
                      rows_read=len(raws))
@@ -192,7 +191,7 @@ def find_benchmarks(specs: Sequence[str]) -> list[str]:
     names = [Path(u).stem for u in uris]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"benchmarks {dupes}: several TSVs share a name (file stem); results are keyed by it")
+        raise InputError(str(dupes), "several benchmark TSVs share a name (file stem); results are keyed by it")
     if not uris:
-        raise ValueError(f"no .tsv benchmark found in {list(specs)}; pass TSV files, directories or s3:// prefixes")
+        raise InputError(str(list(specs)), "no .tsv benchmark found; pass TSV files, directories or s3:// prefixes")
     return uris

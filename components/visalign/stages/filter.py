@@ -21,7 +21,7 @@ from visalign.inputs import output_path
 from visalign.recipes import FilterParams
 from visalign.report import StageReport
 from visalign.schema import Pair, Prompt, Response
-from visalign.stages.rollout import CLEAN
+from visalign.stages.rollout import CLEAN, IMAGE_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,12 @@ def make_pair(prompt: Prompt, chosen: Response, rejected: Response, params: Filt
     )
 
 
-IMAGE_MARKER = "<image>"
-
-
-def pair_problem(pair: Pair, pairs_dir: str | Path) -> tuple[str, str] | None:
+def pair_problem(pair: Pair, pairs_dir: str | Path, checked: dict[str, tuple[str, str] | None] | None = None
+                 ) -> tuple[str, str] | None:
     """Why a pair cannot be trained on, as (drop reason, detail naming the field), or None. train
     checks every pair it reads with this, whoever built the file: an empty answer teaches nothing,
-    and a broken image or placeholder count fails the trainer hours in."""
+    and a broken image or placeholder count fails the trainer hours in. `checked` caches each image's
+    outcome (pairs share images: two questions per image, repeated distractors)."""
     from visalign.inputs import BadImage, load_image
 
     for name in ("prompt", "chosen", "rejected"):
@@ -71,11 +70,16 @@ def pair_problem(pair: Pair, pairs_dir: str | Path) -> tuple[str, str] | None:
     if markers and markers != len(pair.images):
         return "image_marker_mismatch", (f"field 'prompt' holds {markers} {IMAGE_MARKER} markers for "
                                          f"{len(pair.images)} images")
+    checked = {} if checked is None else checked
     for rel in pair.images:
-        try:
-            load_image(Path(pairs_dir) / rel, f"field 'images' ({rel})").close()
-        except BadImage as e:
-            return e.reason, str(e)
+        if rel not in checked:
+            try:
+                load_image(Path(pairs_dir) / rel, f"field 'images' ({rel})").close()
+                checked[rel] = None
+            except BadImage as e:
+                checked[rel] = (e.reason, str(e))
+        if checked[rel]:
+            return checked[rel]
     return None
 
 
@@ -113,8 +117,6 @@ def run(*, prompts_dir: str, responses_dir: str, output_dir: str, params: Filter
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             if not (out / rel).exists():
                 shutil.copyfile(Path(prompts_dir) / rel, out / rel)
-    if not pairs:
-        log.warning("filter: no pairs kept out of %d prompts; see the drop reasons in the report", len(by_prompt))
     report.rows_out = schema.write_rows(out / schema.PAIRS_FILE, pairs)
     report.extra["pairs_per_prompt"] = round(len(pairs) / len(by_prompt), 4) if by_prompt else 0.0
     report.write(out)

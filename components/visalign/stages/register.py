@@ -26,7 +26,9 @@ import mlflow
 import pydantic
 
 from visalign import schema
+from visalign.errors import InputError
 from visalign.infra import store
+from visalign.inputs import output_path
 from visalign.recipes import RegisterParams
 from visalign.report import StageReport
 
@@ -223,11 +225,14 @@ def _run_id_for(card: schema.ModelCard | None, client: Any) -> str | None:
 def read_results(eval_dir: str) -> tuple[Metrics, Metrics]:
     """The candidate's and the base's metrics from evaluate's results.json."""
     uri = f"{str(eval_dir).rstrip('/')}/{schema.RESULTS_FILE}"
-    results = json.loads(store.read_text(uri))
+    try:
+        results = json.loads(store.read_text(uri))
+    except json.JSONDecodeError as e:
+        raise InputError(uri, f"not valid JSON ({e.msg} at line {e.lineno}); expected evaluate's results.json") from None
     missing = [m for m in (CANDIDATE, BASE) if m not in results]
     if missing:
         models = sorted(k for k in results if not k.startswith("_"))
-        raise ValueError(f"{uri}: no results for model(s) {missing}; found {models}. "
+        raise InputError(uri, f"no results for model(s) {missing}; found {models}. "
                          f"Run evaluate with --model {BASE}=<base> --model {CANDIDATE}=<aligned model>.")
     return results[CANDIDATE], results[BASE]
 
@@ -239,6 +244,7 @@ def run(*, model_dir: str, eval_dir: str, output_dir: str, params: RegisterParam
     from visalign.models import local_dir
 
     tracking.check_reachable()  # in seconds, before a model download (MLflow's client retries ~250 s)
+    output_dir = output_path(output_dir)  # refused before the model is registered, not after
     report = StageReport("register")
     candidate, base = read_results(eval_dir)
     path = local_dir(model_dir)

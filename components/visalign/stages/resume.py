@@ -47,7 +47,12 @@ def file_digest(path: Path) -> str:
 
 def model_digest(uri: str | os.PathLike) -> str:
     """A digest of a model directory's files (weights, config, processor and tokenizer files), and for
-    an adapter of its base's too; for a URI that is not a local directory, the URI itself."""
+    an adapter of its base's too. An s3:// model is digested in its synced local copy (the one loading
+    uses): a changed model at the same URI is another model. A name that is no directory: the name."""
+    from visalign.models import local_dir
+
+    if str(uri).startswith("s3://"):
+        uri = local_dir(uri)
     path = Path(str(uri).removeprefix("file://"))
     if not path.is_dir():
         return schema.stable_id("uri", str(uri))
@@ -63,32 +68,46 @@ def fingerprint(**parts: Any) -> dict[str, str]:
     return {name: value if isinstance(value, str) else schema.stable_id(value) for name, value in parts.items()}
 
 
-def check(output_dir: Path, parts: dict[str, str], has_work: bool, on_mismatch: str, work_files: list[Path],
-          stage: str) -> bool:
-    """Whether the earlier rows in `output_dir` may be resumed: True when there are some and they were
-    made with `parts`. On a mismatch: ResumeMismatch, or with on_mismatch=restart the work files are
-    removed and the stage starts afresh. Writes `parts` for the next re-run either way."""
+def _read(path: Path) -> dict[str, str] | None:
+    if not path.exists():
+        return None
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):  # torn or edited: what made the work is unknown
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def check(output_dir: Path, parts: dict[str, str], work: list[Path], on_mismatch: str, stage: str, section: str,
+          owner: bool = True) -> bool:
+    """Whether the earlier work (`work`: the files or directories holding it, those that exist) in
+    `output_dir` may be resumed: True when there is some and it was made with `parts`. On a mismatch:
+    ResumeMismatch, or with on_mismatch=restart the work is removed and the stage starts afresh.
+    `section.resume_mismatch` is the setting named in messages. Only the `owner` (rank 0 of a
+    multi-process run) removes work and writes `parts` for the next re-run; the others only decide."""
     if on_mismatch not in (REFUSE, RESTART):
-        raise ConfigError([f"{stage}.resume_mismatch={on_mismatch!r}: choose {REFUSE} or {RESTART}"])
+        raise ConfigError([f"{section}.resume_mismatch={on_mismatch!r}: choose {REFUSE} or {RESTART}"])
+    work = [w for w in work if w.exists()]
     path = output_dir / RESUME_FILE
-    before = json.loads(path.read_text()) if path.exists() else None
-    resume = has_work
-    if has_work and before != parts:
+    before = _read(path)
+    resume = bool(work)
+    if work and before != parts:
         changed = (sorted(k for k in set(parts) | set(before) if parts.get(k) != before.get(k)) if before
-                   else ["everything: the earlier work has no resume.json, so what made it is unknown"])
+                   else ["everything: the earlier work has no readable resume.json, so what made it is unknown"])
         if on_mismatch == REFUSE:
             raise ResumeMismatch(
                 f"{output_dir}: the {stage} work in it does not match this run ({', '.join(changed)} changed); "
                 f"resuming would pass it off as this run's. Use a new output directory, or set "
-                f"{stage}.resume_mismatch={RESTART} to discard it and start afresh")
-        log.warning("%s: %s changed since the earlier rows in %s: discarding them and starting afresh", stage,
+                f"{section}.resume_mismatch={RESTART} to discard it and start afresh")
+        log.warning("%s: %s changed since the earlier work in %s: discarding it and starting afresh", stage,
                     ", ".join(changed), output_dir)
-        for f in work_files:
+        for f in work if owner else []:
             if f.is_dir():
                 shutil.rmtree(f)
             else:
                 f.unlink(missing_ok=True)
         resume = False
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(parts, indent=2))
+    if owner:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(parts, indent=2))
     return resume

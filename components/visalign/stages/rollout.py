@@ -305,7 +305,7 @@ def run(*, prompts_dir: str, model: str, output_dir: str, params: RolloutParams,
     report.rows_in = len(prompts)
     ckpt = out / schema.RESPONSES_FILE
     parts = _fingerprint(model, prompts_dir, views_dir, params)
-    resume.check(out, parts, ckpt.exists(), params.resume_mismatch, [ckpt], "rollout")
+    resume.check(out, parts, [ckpt], params.resume_mismatch, "rollout", "rollout")
     done = {r.prompt_id for r in schema.read_checkpoint(ckpt, Response)}
     if done:
         log.info("rollout: resuming, %d of %d prompts already answered", len(done), len(prompts))

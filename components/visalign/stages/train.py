@@ -64,10 +64,10 @@ def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1, report: S
 
     report = report if report is not None else StageReport("train")
     file = Path(pairs_dir) / schema.PAIRS_FILE
-    pairs, seen = [], set()
+    pairs, seen, checked = [], set(), {}
     for row, p in enumerate(schema.iter_rows(file), start=1):
         report.rows_in += 1
-        problem = ("duplicate_pair", f"pair id {p.id} again") if p.id in seen else pair_problem(p, pairs_dir)
+        problem = ("duplicate_pair", f"pair id {p.id} again") if p.id in seen else pair_problem(p, pairs_dir, checked)
         if problem:
             report.drop(problem[0], f"{file}: row {row}: {problem[1]}")
             continue
@@ -249,11 +249,17 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     report = StageReport("train")
     out = output_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset, pairs = load_pairs_dataset(pairs_dir, params.data_repeats, report)
+    try:
+        dataset, pairs = load_pairs_dataset(pairs_dir, params.data_repeats, report)
+    except EmptyResult:
+        report.write(out, allow_empty=True)  # the drops by reason, as every stage leaves them
+        raise
     gpu = torch.cuda.is_available()
     bf16 = params.precision == "bf16" or (params.precision == "auto" and gpu)
     _single_process_env(params.deepspeed is not None)
     base_dir = local_dir(model)
+    ckpt_dir = Path(params.checkpoint_dir) if params.checkpoint_dir else out / "_checkpoints"
+    resumable = _check_resume(ckpt_dir, base_dir, pairs, params)  # before the model takes memory
     processor = load_processor(base_dir)
     check_max_length(pairs_dir, dataset, pairs, processor, params.max_length)  # before the model takes memory
     policy = from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32)  # safetensors only, unless opted in
@@ -261,9 +267,7 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     if params.lora_r > 0:
         peft_config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
                                  target_modules=language_model_linear_layers(policy), task_type="CAUSAL_LM")
-    ckpt_dir = Path(params.checkpoint_dir) if params.checkpoint_dir else out / "_checkpoints"
-    _check_resume(ckpt_dir, base_dir, pairs, params)
-    resume_from = _last_complete_checkpoint(ckpt_dir)  # None: start afresh
+    resume_from = _last_complete_checkpoint(ckpt_dir) if resumable else None  # None: start afresh
     resume = resume_from is not None
     with tracking.start_run(experiment, run_name=f"train-{recipe.name if recipe else 'dpo'}") as mlrun:
         tracking.log_params_flat({"recipe": recipe.to_dict() if recipe else {}, "train": _asdict(params),
@@ -306,18 +310,18 @@ def _rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0  # the other ranks log to a throwaway store (train_node)
 
 
-def _check_resume(ckpt_dir: Path, base_dir: Path, pairs: list, params: TrainParams) -> None:
-    """Checkpoints made from another base, other pairs or other settings are not this run's to resume
-    (stages.resume): refuse, or with train.resume_mismatch=restart, discard them."""
+def _check_resume(ckpt_dir: Path, base_dir: Path, pairs: list, params: TrainParams) -> bool:
+    """Whether the checkpoints may be resumed. Those made from another base, other pairs or other
+    settings are not this run's (stages.resume): refuse, or with train.resume_mismatch=restart, start
+    afresh (rank 0 removes them; the other ranks start afresh without looking at them)."""
     from visalign.stages import resume
 
     settings = {k: v for k, v in _asdict(params).items()
                 if k not in ("checkpoint_dir", "save_steps", "logging_steps", "resume_mismatch", "merge")}
     parts = resume.fingerprint(model=resume.model_digest(base_dir), pairs=sorted(p.id for p in pairs),
                                parameters=settings)
-    if _rank_zero():
-        checkpoints = sorted(ckpt_dir.glob("checkpoint-*"))
-        resume.check(ckpt_dir, parts, bool(checkpoints), params.resume_mismatch, checkpoints, "train")
+    return resume.check(ckpt_dir, parts, sorted(ckpt_dir.glob("checkpoint-*")), params.resume_mismatch, "train",
+                        "train", owner=_rank_zero())
 
 
 def _record_run(ckpt_dir: Path, run_id: str) -> None:

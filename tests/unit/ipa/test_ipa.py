@@ -1,6 +1,7 @@
 """IPA's round stages: contrastive sampling + reflective revision (ipa_collect) and verification +
 pairing + progressive merging (ipa_pairs), on the tiny model and the local HTTP stand-in."""
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -8,6 +9,7 @@ import pytest
 from verifier_standin import StandInEndpoint
 
 from visalign import recipes, schema
+from visalign.errors import EmptyResult, InputError
 from visalign.ipa import collect as ipa_collect
 from visalign.ipa import pairs as ipa_pairs
 from visalign.ipa.collect import PENDING_FILE, REVISED
@@ -142,6 +144,21 @@ def test_last_round_works_on_pending_seeds_with_reference_guided_feedback(prompt
     assert all(f"Reference: {prompts[1].reference}" in q for q in feedback_prompts)
 
 
+def test_a_later_round_with_nothing_pending_is_an_empty_round_not_a_failure(prompts_dir, engines, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / PENDING_FILE).write_text("")  # round 1 paired every seed
+    report = ipa_collect.run(prompts_dir=str(prompts_dir), model="unused", output_dir=str(tmp_path / "r2"),
+                             recipe=_recipe(**{"ipa.rounds": 2}), round_index=2, state_dir=str(state), engines=engines)
+    assert report.rows_in == report.rows_out == 0 and engines[0].questions == []
+    # Round 1 with no usable seed is a failure, not an empty round.
+    rows = schema.read_rows(prompts_dir / schema.PROMPTS_FILE)
+    schema.write_rows(tmp_path / "noref" / schema.PROMPTS_FILE, [dataclasses.replace(r, reference=None) for r in rows])
+    with pytest.raises(EmptyResult, match=f"{len(rows)} no_reference"):
+        ipa_collect.run(prompts_dir=str(tmp_path / "noref"), model="unused", output_dir=str(tmp_path / "r1"),
+                        recipe=_recipe(), round_index=1, engines=engines)
+
+
 def test_seeds_without_reference_are_counted_and_bad_rounds_refused(prompts_dir, engines, tmp_path):
     rows = schema.read_rows(prompts_dir / schema.PROMPTS_FILE)
     rows[0].reference = None
@@ -153,7 +170,7 @@ def test_seeds_without_reference_are_counted_and_bad_rounds_refused(prompts_dir,
     with pytest.raises(ValueError, match="round_index=3"):
         ipa_collect.run(prompts_dir=str(prompts_dir), model="unused", output_dir=str(tmp_path / "x"),
                         recipe=_recipe(**{"ipa.rounds": 2}), round_index=3, engines=engines)
-    with pytest.raises(FileNotFoundError, match="pending.jsonl"):
+    with pytest.raises(InputError, match="pending.jsonl: not found"):
         ipa_collect.run(prompts_dir=str(prompts_dir), model="unused", output_dir=str(tmp_path / "y"),
                         recipe=_recipe(), round_index=2, state_dir=str(tmp_path), engines=engines)
 

@@ -65,7 +65,9 @@ def test_restart_discards_the_other_runs_responses(tiny_model, prompts_and_views
     report = _run(pdir, vdir, tiny_model, out, max_new_tokens=2, resume_mismatch="restart")
     assert report.extra["resumed_prompts"] == 0 and report.rows_out == 8
     assert all(r.num_tokens <= 2 for r in schema.read_rows(out / schema.RESPONSES_FILE))
-    assert json.loads((out / resume.RESUME_FILE).read_text())["parameters"] != ""
+    fingerprint = json.loads((out / resume.RESUME_FILE).read_text())
+    assert fingerprint == rollout._fingerprint(str(tiny_model), str(pdir), str(vdir), RolloutParams(
+        batch_size=4, max_new_tokens=2, checkpoint_every=2))  # the restarted run's, for the next resume
 
 
 def test_responses_without_a_fingerprint_are_not_taken_as_this_runs(tiny_model, prompts_and_views, tmp_path):
@@ -73,7 +75,7 @@ def test_responses_without_a_fingerprint_are_not_taken_as_this_runs(tiny_model, 
     out = tmp_path / "resp"
     _run(pdir, vdir, tiny_model, out)
     (out / resume.RESUME_FILE).unlink()
-    with pytest.raises(ResumeMismatch, match="no resume.json"):
+    with pytest.raises(ResumeMismatch, match="no readable resume.json"):
         _run(pdir, vdir, tiny_model, out)
 
 
