@@ -58,11 +58,6 @@ def decode_text(data: bytes, file: str | os.PathLike) -> str:
                          f"cannot be decoded ({e.reason}); save the file as UTF-8") from None
 
 
-def read_text_file(path: str | os.PathLike) -> str:
-    """A local file's text, decoded as decode_text does."""
-    return decode_text(Path(path).read_bytes(), path)
-
-
 def _open(source: bytes | str | os.PathLike):
     import io
 

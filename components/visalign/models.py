@@ -157,7 +157,8 @@ def load_processor(path: Path):
                                "torch (constraints.txt pins it)") from e
         if not any((path / name).exists() for name in TOKENIZER_FILES):  # else a misleading sentencepiece error
             raise InputError(path, f"no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); save the processor "
-                             "beside the model (processor.save_pretrained(dir)), or copy them from the base model") from e
+                             "beside the model (processor.save_pretrained(dir)), or copy them from the base "
+                             "model") from e
         if cls is None or "video_processor" not in getattr(cls, "get_attributes", list)():
             raise RuntimeError(f"{path}: cannot load the processor ({type(e).__name__}: "
                                f"{' '.join(str(e).split())})") from e

@@ -226,18 +226,21 @@ def iter_rows(path: str | os.PathLike, cls: type[Row] | None = None) -> Iterator
         raise InputError(path, "no such file; is its directory the output of the stage before this one?")
     with open(path, "rb") as f:
         for i, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise SchemaError(path, i, "<row>", f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start} "
-                                  "of the line") from None
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
-                raise SchemaError(path, i, "<row>", f"not valid JSON: {getattr(e, 'msg', 'nested too deeply')}") from None
-            yield from_dict(cls, data, file=path, row=i)
+            if raw.strip():
+                yield parse_line(raw, cls, path, i)
+
+
+def parse_line(raw: bytes, cls: type[Row], path: str | os.PathLike, row: int) -> Row:
+    """One JSON Lines row read as bytes (a kill inside a multi-byte character tears the UTF-8 too),
+    decoded, parsed and validated; a SchemaError names the file, row and field of any problem."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise SchemaError(path, row, "<row>", f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start} "
+                          "of the line") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise SchemaError(path, row, "<row>", f"not valid JSON: {getattr(e, 'msg', 'nested too deeply')}") from None
+    return from_dict(cls, data, file=path, row=row)
 
 
 def read_rows(path: str | os.PathLike, cls: type[Row] | None = None) -> list[Row]:
@@ -250,11 +253,11 @@ def read_checkpoint(path: str | os.PathLike, cls: type[Row]) -> list[Row]:
     if not path.exists():
         return []
     rows = []
-    with open(path, "rb") as f:  # bytes: a kill inside a multi-byte character tears the UTF-8 too
+    with open(path, "rb") as f:
         for i, line in enumerate(f, start=1):
             try:
-                rows.append(from_dict(cls, json.loads(line.decode("utf-8")), file=path, row=i))
-            except (UnicodeDecodeError, json.JSONDecodeError, SchemaError):
+                rows.append(parse_line(line, cls, path, i))
+            except SchemaError:
                 break
     return rows
 

@@ -36,7 +36,8 @@ def test_sample_and_augment_read_and_write_s3(stack, tmp_path, monkeypatch):
 
     assert main(["sample", "--input", f"{prefix}/seeds/seeds.json", "--output", f"{prefix}/prompts"]) == 0
     listed = [u.removeprefix(f"{prefix}/prompts/") for u in store.list_uris(f"{prefix}/prompts")]
-    assert schema.PROMPTS_FILE in listed and "report.json" in listed and sum(u.startswith("images/") for u in listed) == 3
+    assert schema.PROMPTS_FILE in listed and "report.json" in listed
+    assert sum(u.startswith("images/") for u in listed) == 3
     report = json.loads(store.read_text(f"{prefix}/prompts/report.json"))
     assert report["rows_out"] == 3 and report["dropped"] == {"image_outside_root": 1}
     assert main(["augment", "--prompts", f"{prefix}/prompts", "--output", f"{prefix}/views",

@@ -18,13 +18,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from visalign import schema
 from visalign.report import read_report
-from visalign.schema import Pair
 from visalign.stages import train
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from assets import COLOURS, CORPUS, draw  # noqa: E402
+from assets import CORPUS, colour_pairs  # noqa: E402
 
 PAIRS, BATCH, EPOCHS = 8, 4, 6
 STEPS = PAIRS // BATCH * EPOCHS  # 12 optimiser steps, a checkpoint after each
@@ -40,16 +38,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def pairs_dir(tmp_path) -> Path:
-    d = tmp_path / "pairs"
-    (d / "images").mkdir(parents=True)
-    pairs = []
-    for i in range(PAIRS):
-        colour = COLOURS[i % 4]
-        draw(colour).save(d / "images" / f"{i}.png")
-        pairs.append(Pair(id=str(i), images=[f"images/{i}.png"], prompt="What colour is the circle?", chosen=colour,
-                          rejected=COLOURS[(i + 1) % 4], prompt_id=f"p{i}"))
-    schema.write_rows(d / schema.PAIRS_FILE, pairs)
-    return d
+    return colour_pairs(tmp_path / "pairs", PAIRS)
 
 
 def _train(pairs_dir: Path, model: Path, out: Path, ckpt: Path, log: Path) -> subprocess.Popen:

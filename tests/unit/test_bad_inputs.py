@@ -115,7 +115,8 @@ def test_sample_drops_a_bad_llava_row_and_keeps_the_good_ones(kind, tmp_path):
     prompts = schema.read_rows(tmp_path / "out" / schema.PROMPTS_FILE)
     sources = {p.source_row.split("#")[0] for p in prompts}
     assert {"good0", "good1"} <= sources
-    assert len(list((tmp_path / "out" / "images").iterdir())) == len({p.images[0] for p in prompts})  # nothing else copied
+    copied = list((tmp_path / "out" / "images").iterdir())
+    assert len(copied) == len({p.images[0] for p in prompts})  # nothing else copied
 
 
 def test_sample_keeps_the_answered_turns_of_a_row_whose_last_question_has_no_answer(tmp_path):
@@ -239,7 +240,8 @@ def test_a_multiple_choice_row_with_one_option_is_dropped(tmp_path):
     path.write_text("index\timage\tquestion\tanswer\tA\tB\n" + "".join(
         f"{i}\t{good}\tWhich?\tA\tred\tblue\n" for i in range(GOOD)) + f"9\t{good}\tWhich?\tA\tred\t\n")
     report = StageReport("evaluate")
-    assert len(benchmarks.read_benchmark(str(path), report).rows) == GOOD and dict(report.dropped) == {"missing_field": 1}
+    assert len(benchmarks.read_benchmark(str(path), report).rows) == GOOD
+    assert dict(report.dropped) == {"missing_field": 1}
 
 
 BENCH_FILE_ERRORS = {
@@ -303,8 +305,8 @@ def responses_dir(tmp_path: Path, extra: list[str]) -> tuple[Path, Path]:
     rdir = tmp_path / "responses"
     rows = []
     for p in ("p0", "p1", "bad"):
-        rows += [schema.Response(id=f"{p}c", prompt_id=p, view="clean", text=f"red {p}", num_tokens=2, finish_reason="eos"),
-                 schema.Response(id=f"{p}v", prompt_id=p, view="v1", text=f"blue {p}", num_tokens=2, finish_reason="eos")]
+        rows += [schema.Response(id=f"{p}{side}", prompt_id=p, view=view, text=f"{colour} {p}", num_tokens=2,
+                                 finish_reason="eos") for side, view, colour in (("c", "clean", "red"), ("v", "v1", "blue"))]
     rdir.mkdir()
     lines = [json.dumps(schema.to_dict(r)) for r in rows] + extra
     (rdir / schema.RESPONSES_FILE).write_text("\n".join(lines) + "\n")
@@ -488,8 +490,8 @@ def test_the_cli_refuses_an_s3_output_without_credentials_and_writes_no_s3_folde
 
 
 def test_a_checkpoint_torn_inside_a_multibyte_character_resumes_without_its_last_row(tmp_path):
-    rows = [schema.Response(id=str(i), prompt_id="p", view="clean", text="答案是猫", num_tokens=4, finish_reason="eos")
-            for i in range(3)]
+    rows = [schema.Response(id=str(i), prompt_id="p", view="clean", text="答案是猫", num_tokens=4,
+                            finish_reason="eos") for i in range(3)]
     path = tmp_path / schema.RESPONSES_FILE
     schema.write_rows(path, rows)
     data = path.read_bytes()

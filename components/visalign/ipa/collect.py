@@ -220,7 +220,8 @@ def run(*, prompts_dir: str, model: str, output_dir: str, recipe: Recipe, round_
     report.rows_in = len(prompts)
     ckpt = out / schema.RESPONSES_FILE
     # Candidates made by another policy, reviser or recipe are not this round's: refuse (or restart).
-    parts = resume.fingerprint(model=resume.model_digest(model), reviser=resume.model_digest(params.reviser_model or model),
+    parts = resume.fingerprint(model=resume.model_digest(model),
+                               reviser=resume.model_digest(params.reviser_model or model),
                                prompts=resume.file_digest(Path(prompts_dir) / schema.PROMPTS_FILE),
                                parameters={"ipa": dataclasses.asdict(params), "round": round_index,
                                            "rollout": generation_settings(recipe.rollout)})

@@ -249,11 +249,7 @@ def read_tolerant(path: Path, cls: type, report: StageReport) -> list[Any]:
             if not raw.strip():
                 continue
             try:
-                rows.append(schema.from_dict(cls, json.loads(raw.decode("utf-8")), file=path, row=i))
-            except UnicodeDecodeError as e:
-                report.drop("corrupt_row", f"{path}: row {i}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start})")
-            except json.JSONDecodeError as e:
-                report.drop("corrupt_row", f"{path}: row {i}: not valid JSON: {e.msg}")
+                rows.append(schema.parse_line(raw, cls, path, i))
             except schema.SchemaError as e:
                 report.drop("corrupt_row", str(e))
     return rows

@@ -79,12 +79,12 @@ def _image_strings(value: str) -> list[str]:
     return items
 
 
-def _decode_image(b64: str, cache: dict[str, bytes], where: str) -> bytes:
+def _decode_image(b64: str, cache: dict[str, bytes]) -> bytes:
     """Decoded image bytes, after a full decode within the pixel limit (truncated files and bombs
     fail here, not mid-batch)."""
     if b64 not in cache:
         data = base64.b64decode(b64, validate=True)
-        load_image(data, where).close()
+        load_image(data, "image").close()  # the caller names the row
         cache[b64] = data
     return cache[b64]
 
@@ -114,7 +114,7 @@ def _parse_row(raw: dict[str, str], letters: list[str], image_map: dict[str, str
                 item = image_map.get(item, "")
                 if len(item) <= IMAGE_REF_MAX_LEN:
                     raise ValueError(f"refers to row index {item!r}, which holds no image")
-            images.append(_decode_image(item, cache, "image"))
+            images.append(_decode_image(item, cache))
     except BadImage as e:
         raise _RowProblem("image", e.problem, e.reason if e.reason == IMAGE_TOO_LARGE else "bad_image") from None
     except (ValueError, SyntaxError, OSError, binascii.Error) as e:

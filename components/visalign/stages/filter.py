@@ -10,7 +10,6 @@ train stage needs.
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 import shutil
 from collections import defaultdict
@@ -22,8 +21,6 @@ from visalign.recipes import FilterParams
 from visalign.report import StageReport
 from visalign.schema import Pair, Prompt, Response
 from visalign.stages.rollout import CLEAN, IMAGE_MARKER
-
-log = logging.getLogger(__name__)
 
 
 def clean_text(text: str, end_markers: tuple[str, ...]) -> str:

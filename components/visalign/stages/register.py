@@ -228,7 +228,8 @@ def read_results(eval_dir: str) -> tuple[Metrics, Metrics]:
     try:
         results = json.loads(store.read_text(uri))
     except json.JSONDecodeError as e:
-        raise InputError(uri, f"not valid JSON ({e.msg} at line {e.lineno}); expected evaluate's results.json") from None
+        raise InputError(uri, f"not valid JSON ({e.msg} at line {e.lineno}); expected evaluate's "
+                         "results.json") from None
     missing = [m for m in (CANDIDATE, BASE) if m not in results]
     if missing:
         models = sorted(k for k in results if not k.startswith("_"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from visalign import schema
 from visalign.errors import InputError
+from visalign.infra import store
 from visalign.inputs import BadImage, confine, decode_text, load_image, output_path
 from visalign.recipes import SampleParams
 from visalign.report import StageReport, progress
@@ -44,12 +45,6 @@ class Candidate:
     answer_type: str | None
     fetch: object  # () -> bytes
     image_group: str = ""  # the seed image's top-level directory (a LLaVA-665k subset: coco, ocr_vqa, ...)
-
-
-def _read(uri: str) -> bytes:
-    from visalign.infra import store
-
-    return store.read_bytes(uri)
 
 
 def _answer_type(reference: str | None, has_options: bool, given: object = None) -> str | None:
@@ -77,7 +72,7 @@ def read_llava_json(uri: str, report: StageReport, image_root: str | None = None
                     images_outside_root: bool = False) -> Iterator[Candidate]:
     """Every (human question, gpt answer) turn of every row that has an image under the image root."""
     try:
-        rows = json.loads(decode_text(_read(uri), uri))
+        rows = json.loads(decode_text(store.read_bytes(uri), uri))
     except json.JSONDecodeError as e:
         raise InputError(uri, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); expected a list of "
                          "LLaVA conversation rows") from None
@@ -112,14 +107,14 @@ def read_llava_json(uri: str, report: StageReport, image_root: str | None = None
             reference = gpt.get("value") if isinstance(gpt.get("value"), str) else None
             given = gpt.get("answer_type", row.get("answer_type"))  # a turn's own type wins over the row's
             yield Candidate(uri, f"{row.get('id', i)}#{t // 2}", image_uri, question, reference,
-                            _answer_type(reference, False, given), lambda u=image_uri: _read(u),
+                            _answer_type(reference, False, given), lambda u=image_uri: store.read_bytes(u),
                             image_group=image_group(row["image"]))
 
 
 def read_vlmeval_tsv(uri: str, report: StageReport) -> Iterator[Candidate]:
     """One candidate per row; options A-J are appended to the question as VLMEvalKit prints them."""
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
-    reader = csv.DictReader(io.StringIO(decode_text(_read(uri), uri)), delimiter="\t")
+    reader = csv.DictReader(io.StringIO(decode_text(store.read_bytes(uri), uri)), delimiter="\t")
     for i, row in enumerate(reader, start=2):  # row 1 is the header
         where = f"{uri} row {i}"
         missing = [f for f in ("image", "question") if not row.get(f)]

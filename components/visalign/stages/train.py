@@ -262,7 +262,8 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     resumable = _check_resume(ckpt_dir, base_dir, pairs, params)  # before the model takes memory
     processor = load_processor(base_dir)
     check_max_length(pairs_dir, dataset, pairs, processor, params.max_length)  # before the model takes memory
-    policy = from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32)  # safetensors only, unless opted in
+    # safetensors only, unless opted in (visalign.models.loading_policy)
+    policy = from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
     peft_config = None
     if params.lora_r > 0:
         peft_config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,

@@ -46,8 +46,9 @@ def test_a_resume_with_another_model_or_parameters_refuses_naming_what_changed(t
     _cut_to_first_chunk(out)
     other = tmp_path / "other_model"
     shutil.copytree(tiny_model, other)
-    config = json.loads((other / "generation_config.json").read_text()) if (other / "generation_config.json").exists() else {}
-    (other / "generation_config.json").write_text(json.dumps({**config, "note": "another model"}))
+    generation = other / "generation_config.json"
+    config = json.loads(generation.read_text()) if generation.exists() else {}
+    generation.write_text(json.dumps({**config, "note": "another model"}))
     with pytest.raises(ResumeMismatch, match=r"\(model changed\)"):
         _run(pdir, vdir, other, out)
     with pytest.raises(ResumeMismatch, match=r"\(parameters changed\)"):

@@ -6,7 +6,6 @@ import pytest
 from visalign import schema
 from visalign.errors import EmptyResult, ResumeMismatch
 from visalign.recipes import TrainParams
-from visalign.schema import Pair
 from visalign.stages import train
 
 TOY = dict(lora_r=8, lora_alpha=16, learning_rate=2e-3, per_device_batch_size=4, gradient_accumulation_steps=1,
@@ -15,18 +14,9 @@ TOY = dict(lora_r=8, lora_alpha=16, learning_rate=2e-3, per_device_batch_size=4,
 
 @pytest.fixture
 def pairs_dir(tmp_path):
-    from assets import COLOURS, draw
+    from assets import colour_pairs
 
-    d = tmp_path / "pairs"
-    (d / "images").mkdir(parents=True)
-    pairs = []
-    for i in range(8):
-        colour = COLOURS[i % 4]
-        draw(colour).save(d / "images" / f"{i}.png")
-        pairs.append(Pair(id=str(i), images=[f"images/{i}.png"], prompt="What colour is the circle?", chosen=colour,
-                          rejected=COLOURS[(i + 1) % 4], prompt_id=f"p{i}"))
-    schema.write_rows(d / schema.PAIRS_FILE, pairs)
-    return d
+    return colour_pairs(tmp_path / "pairs", 8)
 
 
 @pytest.fixture(autouse=True)
