@@ -150,6 +150,11 @@ class EvaluateParams:
     circular: str = _p("auto", "MMBench's CircularEval: a question is right only when every rotation of its options "
                        "is (rows grouped by index mod 1e6). auto: for benchmarks named like VLMEvalKit's circular ones "
                        "(mmbench, ccbench, circular, mmcr); on; off.")
+    significance_samples: int = _p(1000, "Paired comparison of each model with the base on the same rows: bootstrap "
+                                   "draws of the difference's interval and permutations of its p-value (McNemar's "
+                                   "exact test for accuracies). 0: off (register.require_significance needs it).")
+    confidence: float = _p(0.95, "Confidence level of the paired bootstrap interval.")
+    significance_seed: int = _p(0, "Seed of the bootstrap and permutation draws (same predictions, same interval).")
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,9 @@ class RegisterParams:
     guard_metrics: tuple[str, ...] = _p((), "Metrics that must not drop by more than max_guard_drop.")
     max_guard_drop: float = _p(0.01, "Largest allowed drop (absolute) of a guard metric.")
     min_improvement: float = _p(0.0, "Target metric must beat the champion by more than this.")
+    require_significance: bool = _p(True, "Promote only on a difference beyond chance: the target's paired interval "
+                                    "(evaluate's, aligned vs base) must lie above min_improvement, and no guard's "
+                                    "interval may lie wholly below -max_guard_drop. False: compare point values only.")
 
 
 # ---- ipa (METHODS.md section 4; no public code: every value here is unverified) ---------------

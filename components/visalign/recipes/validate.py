@@ -33,6 +33,13 @@ def validate(recipe: Recipe) -> None:
         p.append(f"evaluate.judge={e.judge!r}: choose none or endpoint (VISALIGN_JUDGE_URL/_MODEL/_API_KEY)")
     if e.judge_extraction and e.judge == "none":
         p.append("evaluate.judge_extraction=True needs a judge: set evaluate.judge=endpoint")
+    if e.significance_samples < 0:
+        p.append(f"evaluate.significance_samples={e.significance_samples}: must be >= 0 (0 = off)")
+    if not 0.5 <= e.confidence < 1:
+        p.append(f"evaluate.confidence={e.confidence}: must be in [0.5, 1), e.g. 0.95")
+    if g.require_significance and e.significance_samples == 0:
+        p.append("register.require_significance=True needs evaluate's paired comparison: set "
+                 "evaluate.significance_samples > 0 (default 1000) or register.require_significance=false")
     if e.circular not in ("auto", "on", "off"):
         p.append(f"evaluate.circular={e.circular!r}: choose auto, on or off")
     for where, v in (("evaluate.open_max_new_tokens", e.open_max_new_tokens),

@@ -15,7 +15,12 @@ numbers compare with what papers report through it:
 With evaluate.judge_extraction the judge also reads the answers the rules cannot (VLMEvalKit's LLM
 answer extraction), counted apart as judge_extracted.
 
-    results.json                         {"<model>": {"<bench>": {"<metric>": value}}, "_meta": {...}}
+Each model is compared with the base on the same rows (visalign.stages.significance): the
+difference per benchmark, category and metric with a paired bootstrap interval and a p-value
+(McNemar for accuracies), under "_paired" in results.json; register's gate reads it.
+
+    results.json                         {"<model>": {"<bench>": {"<metric>": value}}, "_paired": {...},
+                                          "_meta": {...}}
     predictions/<model>/<bench>.jsonl    one schema.Prediction per question
     comparison.md                        base vs aligned with deltas (Markdown)
     judge_cache.jsonl                    judge answers by prompt (when a judge is used)
@@ -64,6 +69,8 @@ from visalign.stages.metrics import (
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "visalign"
+PAIRED = "_paired"  # results.json key: each model against the reference (base), with intervals and p-values
+BASE = "base"
 COMPARISON_FILE = "comparison.md"  # base vs aligned, the evaluate step's Markdown in the Kubeflow UI
 JUDGE_CACHE_FILE = "judge_cache.jsonl"
 
@@ -170,13 +177,55 @@ def _judge_benchmark(bench: Benchmark, preds: list[Prediction], judge: Any, para
     return dict(counts)
 
 
+def reference_model(names: Sequence[str]) -> str:
+    """What the others are compared with: the base model when one is named so, else the first."""
+    return BASE if BASE in names else names[0]
+
+
+def paired_results(benches: list[Benchmark], predictions: dict[tuple[str, str], list[Prediction]],
+                   names: list[str], params: EvaluateParams, circular: dict[str, bool]) -> dict[str, Any]:
+    """Each model against the reference on the same rows (visalign.stages.significance)."""
+    from visalign.stages.significance import paired_comparison
+
+    reference = reference_model(names)
+    out: dict[str, Any] = {"reference": reference, "samples": params.significance_samples,
+                           "confidence": params.confidence, "seed": params.significance_seed, "models": {}}
+    for name in (n for n in names if n != reference):
+        out["models"][name] = {}
+        for bench in benches:
+            golds = {r.index: gold_letter(r) for r in bench.rows} if circular[bench.name] else None
+
+            def metric_fn(preds, draw_golds, bench=bench):
+                return benchmark_metrics(bench.task, preds, circular_golds=draw_golds, split_mean=is_pope(bench))
+
+            start = time.monotonic()
+            out["models"][name][bench.name] = paired_comparison(
+                metric_fn, predictions[reference, bench.name], predictions[name, bench.name],
+                circular=circular[bench.name], golds=golds, samples=params.significance_samples,
+                confidence=params.confidence, seed=params.significance_seed)
+            log.info("evaluate: paired %s vs %s on %s in %.1f s", name, reference, bench.name,
+                     time.monotonic() - start)
+    return out
+
+
+def _paired_cells(entry: dict[str, Any] | None) -> list[str]:
+    if not entry:
+        return ["", ""]
+    return [f"[{entry['low']:+.3f}, {entry['high']:+.3f}]", f"{entry['p_value']:.3g} ({entry['test']})"]
+
+
 def comparison_markdown(results: dict[str, Any]) -> str:
-    """Base vs aligned (or the first model vs each other) per benchmark and metric, with deltas."""
+    """Base vs aligned (or the reference vs each other) per benchmark and metric, with deltas, their
+    paired interval and p-value."""
     names = [m for m in results if not m.startswith("_")]
     if not names:
         return "# Evaluation\n\nNo model was scored.\n"
-    first, others = names[0], names[1:]
-    head = ["benchmark", "metric", first, *[x for o in others for x in (o, f"{o} - {first}")]]
+    first = reference_model(names)
+    others = [n for n in names if n != first]
+    paired = results.get(PAIRED, {})
+    level = f"{paired.get('confidence', 0.95):.0%}"
+    head = ["benchmark", "metric", first, *[x for o in others for x in (o, f"{o} - {first}", f"{level} interval",
+                                                                          "p (test)")]]
     lines = ["# Evaluation", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for bench, metrics in results[first].items():
         for metric, value in metrics.items():
@@ -185,8 +234,13 @@ def comparison_markdown(results: dict[str, Any]) -> str:
             cells = [bench, metric, f"{value:.4g}"]
             for o in others:
                 v = results[o].get(bench, {}).get(metric)
-                cells += ["", ""] if v is None else [f"{v:.4g}", f"{v - value:+.4g}"]
+                entry = paired.get("models", {}).get(o, {}).get(bench, {}).get(metric)
+                cells += ["", "", "", ""] if v is None else [f"{v:.4g}", f"{v - value:+.4g}", *_paired_cells(entry)]
             lines.append("| " + " | ".join(cells) + " |")
+    if paired:
+        lines += ["", f"Intervals: paired bootstrap over the same rows ({paired['samples']} draws within categories, "
+                      f"seed {paired['seed']}); p: McNemar's exact test for accuracies, a paired permutation test "
+                      "otherwise."]
     meta = results.get("_meta", {})
     if meta.get("judge"):
         lines += ["", f"Judge: {meta['judge'].get('model')} at {meta['judge'].get('url')} "
@@ -276,6 +330,8 @@ def run(*, benchmarks: list[str], models: dict[str, str], output_dir: str, param
                      {k: round(v, 4) for k, v in results[name][bench.name].items() if "/" not in k})
         engine = None  # the last reference to the model: free it before loading the next
         _release_memory()
+    if params.significance_samples:
+        results[PAIRED] = paired_results(benches, predictions, list(models), params, circular)
     results["_meta"] = {"benchmarks": {b.name: {"source": b.source, "task": b.task, "circular": circular[b.name]}
                                        for b in benches},
                         "rows": {b.name: len(b.rows) for b in benches}, "limit": params.limit,

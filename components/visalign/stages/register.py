@@ -3,8 +3,11 @@
 The promotion gate is a pure function (`decide`): the candidate becomes `champion` only when it
 beats the current champion (or, with none yet, the base model it was trained from) on the target
 metric by more than `min_improvement`, and no guard metric drops by more than `max_guard_drop`
-against that same reference. Otherwise it becomes `challenger`. Every comparison goes into the
-decision's reasons, with its numbers.
+against that same reference. With `require_significance` (the default) the gain must also be beyond
+chance: evaluate's paired interval (aligned vs base, same rows) lies above `min_improvement` with a
+p-value below 1 - confidence, and a guard fails only when its whole interval lies below
+-`max_guard_drop`. Otherwise it becomes `challenger`. Every comparison goes into the decision's
+reasons, with its numbers.
 
 The model directory is logged as an MLflow pyfunc model (the directory is an artifact of a small
 PythonModel that loads it with visalign.models.load_model), so `models:/<name>@champion` both
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 CANDIDATE, BASE = "aligned", "base"  # the model names evaluate's results.json is keyed by
+PAIRED_KEY = "_paired"  # evaluate's paired comparisons (visalign.stages.evaluate.PAIRED)
 EXPERIMENT = "visalign"
 METRIC_TAG = "eval."  # version tag prefix of the evaluation metrics: eval.<bench>/<metric>
 MODEL_ARTIFACT = "model"
@@ -44,6 +48,9 @@ MODEL_ARTIFACT = "model"
 DIGITS = 9
 
 Metrics = dict[str, dict[str, float]]
+# evaluate's paired comparison of the candidate with the base: {"confidence": 0.95, "benchmarks": bench -> metric
+# -> {"difference", "low", "high", "p_value", "test"}}
+Paired = dict[str, Any]
 
 
 class MetricNotFound(ValueError):
@@ -74,34 +81,82 @@ def metric_value(metrics: Metrics, key: str, whose: str) -> float:
         ) from None
 
 
-def decide(candidate: Metrics, champion: dict[str, Any] | None, base: Metrics, params: RegisterParams) -> Decision:
+def paired_entry(paired: Paired, key: str) -> dict[str, Any]:
+    """evaluate's paired comparison (aligned vs base) of metric 'bench/metric'."""
+    bench, _, name = key.partition("/")
+    try:
+        entry = paired["benchmarks"][bench][name]
+        return {k: entry[k] for k in ("difference", "low", "high", "p_value", "test")}
+    except (KeyError, TypeError):
+        raise MetricNotFound(
+            f"metric {key!r}: evaluate's paired comparison (results.json '_paired', aligned vs base) has no entry "
+            f"for it; re-run evaluate with evaluate.significance_samples > 0, or set "
+            "register.require_significance=false to compare point values only") from None
+
+
+def _interval(e: dict[str, Any]) -> str:
+    return f"difference {e['difference']:+.4f}, interval [{e['low']:+.4f}, {e['high']:+.4f}], p {e['p_value']:.3g} " \
+           f"({e['test']})"
+
+
+def decide(candidate: Metrics, champion: dict[str, Any] | None, base: Metrics, params: RegisterParams,
+           paired: Paired | None = None) -> Decision:
     """Champion or challenger for `candidate` (metrics keyed bench -> metric).
 
     `champion` is None or {"version": <N>, "metrics": <bench -> metric>}; without one the
-    candidate is compared with `base`.
+    candidate is compared with `base`. With params.require_significance, `paired` (evaluate's
+    aligned-vs-base comparison) decides too: the target's interval must lie above min_improvement and
+    its p-value below 1 - confidence (a percentile interval alone calls a gain of a handful of rows
+    real), and no guard's interval may lie wholly below -max_guard_drop. Against a champion
+    the point values must also show the gain (the champion's own answers to these rows are not here).
     """
     if champion is not None:
         reference, ref = f"champion v{champion['version']}", champion["metrics"]
     else:
         reference, ref = "base", base
+    significance = params.require_significance
     target = params.target_metric
     cand_value, ref_value = metric_value(candidate, target, "candidate"), metric_value(ref, target, reference)
+    if significance and paired is None:
+        raise MetricNotFound("register.require_significance=True, but evaluate's results.json has no paired "
+                             "comparison of aligned with base ('_paired'): re-run evaluate with "
+                             "evaluate.significance_samples > 0, or set register.require_significance=false to "
+                             "compare point values only")
     gain = round(cand_value - ref_value, DIGITS)
     beats = gain > params.min_improvement
     reasons = [f"target {target}: candidate {cand_value:.4f} vs {reference} {ref_value:.4f}, gain {gain:+.4f} "
                f"{'>' if beats else '<='} min_improvement {params.min_improvement:.4f}: "
                f"{'improves' if beats else 'does not improve enough'}"]
+    if significance:  # the interval above the allowance and the test significant at the same level
+        e, alpha = paired_entry(paired, target), round(1 - paired["confidence"], DIGITS)
+        above, tested = round(e["low"], DIGITS) > params.min_improvement, e["p_value"] < alpha
+        real = above and tested
+        reasons.append(f"target {target} vs base, paired: {_interval(e)}; lower bound "
+                       f"{'>' if above else '<='} min_improvement {params.min_improvement:.4f}, p "
+                       f"{'<' if tested else '>='} {alpha:g}: "
+                       f"{'a gain beyond chance' if real else 'not distinguishable from chance'}")
+        beats = beats and real
     guards_ok = True
     for guard in params.guard_metrics:
         c, r = metric_value(candidate, guard, "candidate"), metric_value(ref, guard, reference)
         drop = round(r - c, DIGITS)
-        ok = drop <= params.max_guard_drop
+        if significance:  # a drop counts when the whole interval lies beyond the allowance
+            e = paired_entry(paired, guard)
+            ok = round(e["high"], DIGITS) >= -params.max_guard_drop
+            if champion is not None:
+                ok = ok and drop <= params.max_guard_drop
+            reasons.append(f"guard {guard}: candidate {c:.4f} vs {reference} {r:.4f}; vs base, paired: "
+                           f"{_interval(e)}; upper bound {'>=' if ok else '<'} -max_guard_drop "
+                           f"{-params.max_guard_drop:.4f}: {'holds' if ok else 'drops beyond chance'}")
+        else:
+            ok = drop <= params.max_guard_drop
+            reasons.append(f"guard {guard}: candidate {c:.4f} vs {reference} {r:.4f}, drop {drop:+.4f} "
+                           f"{'<=' if ok else '>'} max_guard_drop {params.max_guard_drop:.4f}: "
+                           f"{'holds' if ok else 'drops too much'}")
         guards_ok = guards_ok and ok
-        reasons.append(f"guard {guard}: candidate {c:.4f} vs {reference} {r:.4f}, drop {drop:+.4f} "
-                       f"{'<=' if ok else '>'} max_guard_drop {params.max_guard_drop:.4f}: "
-                       f"{'holds' if ok else 'drops too much'}")
     alias = CHAMPION if beats and guards_ok else CHALLENGER
-    reasons.append(f"decision: {alias} (compared with {reference})")
+    how = "paired intervals" if significance else "point values"
+    reasons.append(f"decision: {alias} (compared with {reference}, by {how})")
     return Decision(alias=alias, reference=reference, reasons=reasons)
 
 
@@ -222,8 +277,8 @@ def _run_id_for(card: schema.ModelCard | None, client: Any) -> str | None:
 
 # ---- the stage -------------------------------------------------------------------------------
 
-def read_results(eval_dir: str) -> tuple[Metrics, Metrics]:
-    """The candidate's and the base's metrics from evaluate's results.json."""
+def read_results(eval_dir: str) -> tuple[Metrics, Metrics, Paired | None]:
+    """The candidate's and the base's metrics, and their paired comparison, from evaluate's results.json."""
     uri = f"{str(eval_dir).rstrip('/')}/{schema.RESULTS_FILE}"
     try:
         results = json.loads(store.read_text(uri))
@@ -235,7 +290,11 @@ def read_results(eval_dir: str) -> tuple[Metrics, Metrics]:
         models = sorted(k for k in results if not k.startswith("_"))
         raise InputError(uri, f"no results for model(s) {missing}; found {models}. "
                          f"Run evaluate with --model {BASE}=<base> --model {CANDIDATE}=<aligned model>.")
-    return results[CANDIDATE], results[BASE]
+    paired = results.get(PAIRED_KEY, {})
+    if paired.get("reference") != BASE or CANDIDATE not in paired.get("models", {}):
+        return results[CANDIDATE], results[BASE], None
+    return results[CANDIDATE], results[BASE], {"confidence": paired["confidence"],
+                                                "benchmarks": paired["models"][CANDIDATE]}
 
 
 def run(*, model_dir: str, eval_dir: str, output_dir: str, params: RegisterParams,
@@ -247,14 +306,14 @@ def run(*, model_dir: str, eval_dir: str, output_dir: str, params: RegisterParam
     tracking.check_reachable()  # in seconds, before a model download (MLflow's client retries ~250 s)
     output_dir = output_path(output_dir)  # refused before the model is registered, not after
     report = StageReport("register")
-    candidate, base = read_results(eval_dir)
+    candidate, base, paired = read_results(eval_dir)
     path = local_dir(model_dir)
     card = schema.read_model_card(path)
     mlflow.set_tracking_uri(tracking.tracking_uri())  # the client and the run: the same server
     client = mlflow.MlflowClient()
     # Decide before logging anything: a misnamed metric fails here, not after a large upload.
     champion = current_champion(client, params.model_name)
-    decision = decide(candidate, champion, base, params)
+    decision = decide(candidate, champion, base, params, paired)
     report.rows_in = 1
     with tracking.start_run(EXPERIMENT, run_id=_run_id_for(card, client), run_name="register") as active:
         info = log_model(path)

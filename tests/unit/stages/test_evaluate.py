@@ -278,6 +278,18 @@ def test_run_scores_with_known_answers(tmp_path, monkeypatch):
     assert results["aligned"]["toy_short"] == {"accuracy": pytest.approx(1 / 3), "n": 3.0}
     assert results["_meta"]["rows"] == {"toy_mc": 4, "toy_short": 3}
     assert results["_meta"]["benchmarks"]["toy_mc"]["task"] == evaluate.MULTIPLE_CHOICE
+    # aligned vs base on the same rows: both right on the same toy_mc row; on toy_short only aligned is
+    paired = results["_paired"]
+    assert paired["reference"] == "base" and paired["samples"] == 1000
+    mc = paired["models"]["aligned"]["toy_mc"]["accuracy"]
+    assert mc["difference"] == 0 and mc["test"] == "mcnemar" and mc["p_value"] == 1.0
+    assert (mc["right_only_reference"], mc["right_only_model"]) == (0, 0) and mc["low"] == mc["high"] == 0
+    short = paired["models"]["aligned"]["toy_short"]["accuracy"]
+    assert (short["right_only_reference"], short["right_only_model"]) == (0, 1) and short["p_value"] == 1.0
+    assert short["difference"] == pytest.approx(1 / 3) and short["low"] == 0 and short["high"] == 1
+    assert "n" not in paired["models"]["aligned"]["toy_mc"]  # counts get no interval
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "95% interval" in table and "(mcnemar)" in table
     assert len(engines["base"].requests) == 7
     assert engines["base"].requests[0].question.endswith("directly.")
     preds = schema.read_rows(tmp_path / "out" / "predictions" / "aligned" / "toy_short.jsonl", Prediction)
