@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RECIPE ?= seva
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench compile images clean
+.PHONY: install demo test lint bench efficacy compile images clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: install lint
 bench: install
 	$(BIN)/python bench/run.py --out bench-output
 
+# Each recipe's demo at 3 seeds: base vs aligned on its target with the paired interval (about an hour on 2 cores).
+efficacy: install
+	$(BIN)/python bench/efficacy.py --out efficacy-output --seeds 0 1 2 --readme README.md
+
 compile: install
 	$(BIN)/python -m visalign_pipelines.compile
 
@@ -44,4 +48,4 @@ images:
 	@echo "built; after pushing, pin the pipelines to the CUDA image: VISALIGN_IMAGE=$(IMAGE_REPO)/visalign-cuda@sha256:<digest> make compile"
 
 clean:
-	rm -rf demo-output bench-output .pytest_cache
+	rm -rf demo-output bench-output efficacy-output .pytest_cache

@@ -117,6 +117,7 @@ def summarize(recipe: str, run_dir: Path, timings: dict[str, float]) -> dict[str
         "stages": [{"name": name, "rows_in": r.get("rows_in"), "rows_out": r.get("rows_out"),
                     "seconds": r.get("seconds")} for name, r in reports.items()],
         "metrics": {"base": results.get("base", {}), "aligned": results.get("aligned", {})},
+        "paired": results.get("_paired"),  # aligned vs base on the same rows: intervals and p-values
         "registry": {"model": registry.get("model"), "version": registry.get("version"),
                      "alias": registry.get("alias"), "reasons": registry.get("reasons")},
         "timings": timings,
@@ -129,12 +130,16 @@ def print_summary(summary: dict[str, Any], mlflow_url: str) -> None:
     print(f"{'stage':<10}{'rows in':>9}{'rows out':>10}{'seconds':>10}")
     for s in summary["stages"]:
         print(f"{s['name']:<10}{s['rows_in']:>9}{s['rows_out']:>10}{s['seconds']:>10.1f}")
-    print("\nbenchmark metric              base   aligned")
+    paired = (summary.get("paired") or {}).get("models", {}).get("aligned", {})
+    print("\nbenchmark metric              base   aligned   95% interval of the difference   p")
     for bench, metrics in summary["metrics"]["base"].items():
         for metric, value in metrics.items():
             aligned = summary["metrics"]["aligned"].get(bench, {}).get(metric)
             if isinstance(value, (int, float)) and "/" not in metric:
-                print(f"{bench + '/' + metric:<28}{value:>7.3f}{aligned if aligned is None else f'{aligned:>10.3f}'}")
+                e = paired.get(bench, {}).get(metric)
+                sig = f"   [{e['low']:+.3f}, {e['high']:+.3f}]{e['p_value']:>21.3g}" if e else ""
+                print(f"{bench + '/' + metric:<28}{value:>7.3f}"
+                      f"{aligned if aligned is None else f'{aligned:>10.3f}'}{sig}")
     reg = summary["registry"]
     print(f"\nregistry: {reg['model']} version {reg['version']} -> @{reg['alias']}")
     for reason in reg.get("reasons") or []:

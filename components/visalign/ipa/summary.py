@@ -50,10 +50,12 @@ def summarize(run_dir: str | os.PathLike, timings: dict[str, float] | None = Non
     # after round 1, after round 2, ..., then the final model
     for task in sorted((t for t in ran if t.startswith("evaluate")), key=lambda t: ("final" in names[t], names[t])):
         results = json.loads((run_dir / task / "results" / "results.json").read_text())
-        evaluations[names[task]] = {"base": results.get("base", {}), "aligned": results.get("aligned", {})}
+        evaluations[names[task]] = {"base": results.get("base", {}), "aligned": results.get("aligned", {}),
+                                    "paired": results.get("_paired")}
     final = next((v for k, v in evaluations.items() if "final" in k), {"base": {}, "aligned": {}})
     return {
-        "recipe": "ipa", "stages": stages, "metrics": final, "rounds": rounds, "evaluations": evaluations,
+        "recipe": "ipa", "stages": stages, "metrics": {k: final[k] for k in ("base", "aligned")},
+        "paired": final.get("paired"), "rounds": rounds, "evaluations": evaluations,
         "registry": {"model": registry.get("model"), "version": registry.get("version"),
                      "alias": registry.get("alias"), "reasons": registry.get("reasons")},
         "timings": timings or {}, "run_dir": str(run_dir),
