@@ -1,7 +1,9 @@
-"""`visalign toyworld build|model`: the synthetic world and the demo's base model.
+"""`visalign toyworld build|model|probe`: the synthetic world, the demo's base model, and the
+blank-image control that shows whether a model uses the image.
 
     visalign toyworld build --out world/ [--seed 0] [--num-train-images 2500 ...]
     visalign toyworld model --world world/ --out base_model/ [--steps N] [--untrained]
+    visalign toyworld probe --model base_model/ --world world/ --out probe/ [--limit 300]
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import inspect
 import json
 
-from visalign.toyworld import export, sft
+from visalign.toyworld import export, probe, sft
 
 # Flags mirror the keyword defaults of the functions they call, so the help never disagrees
 # with the Python API (the defaults live in one place: the signatures).
@@ -19,6 +21,9 @@ _BUILD = {p.name: p.default for p in inspect.signature(export.build_world).param
 # The training options with a scalar default (build_model / extra_examples are for the recipes' variants).
 _SFT = {p.name: p.default for p in inspect.signature(sft.train_base_model).parameters.values()
         if p.kind is p.KEYWORD_ONLY and isinstance(p.default, (int, float))}
+
+_PROBE = {p.name: p.default for p in inspect.signature(probe.probe).parameters.values()
+          if p.kind is p.KEYWORD_ONLY}
 
 _BUILD_HELP = {
     "seed": "Seed of the whole world; the same seed gives byte-identical files.",
@@ -34,6 +39,11 @@ _SFT_HELP = {
     "warmup_ratio": "Fraction of the steps spent warming up.",
     "threads": "torch CPU threads.",
     "log_every": "Log the mean loss every this many steps.",
+}
+
+_PROBE_HELP = {
+    "limit": "Rows per benchmark (the first N).",
+    "batch_size": "Questions per generate() call.",
 }
 
 
@@ -56,12 +66,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     for name, default in _SFT.items():
         model.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
                            help=f"{_SFT_HELP[name]} Default: {default}.")
+    check = sub.add_parser("probe", help="Score a model on the world's benchmarks with real vs blank images.",
+                           description=probe.__doc__.splitlines()[0])
+    check.add_argument("--model", required=True, help="A model directory (e.g. from `visalign toyworld model`).")
+    check.add_argument("--world", required=True, help="A directory written by `visalign toyworld build`.")
+    check.add_argument("--out", required=True, help=f"Directory for {probe.PROBE_FILE} and {probe.TABLE_FILE}.")
+    for name, default in _PROBE.items():
+        check.add_argument(f"--{name.replace('_', '-')}", type=int, default=default,
+                           help=f"{_PROBE_HELP[name]} Default: {default}.")
 
 
 def cli(args: argparse.Namespace) -> int:
     if args.toyworld_command == "build":
         result = export.build_world(args.out, **{k: getattr(args, k) for k in _BUILD})
         print(json.dumps(result, indent=2))
+        return 0
+    if args.toyworld_command == "probe":
+        result = probe.probe(args.model, args.world, **{k: getattr(args, k) for k in _PROBE})
+        out = probe.write(result, args.out)
+        print(probe.table(result), end="")
+        print(out)
         return 0
     if args.untrained:
         out = sft.build_untrained_model(args.world, args.out, seed=args.seed)

@@ -4,19 +4,23 @@ Answer-only supervised fine-tuning: the loss covers the answer tokens and </s>, 
 or image tokens. Prompt and answer are tokenised apart and their ids joined, exactly as TRL does
 for preference data, so the base model is trained on the very token sequences the alignment
 stages later score. A fixed seed and a fixed STEP COUNT (never a time budget) make the run
-repeatable: how long the tiny model sits at the 'answer without looking' loss varies.
+repeatable: how long the tiny model sits at the 'answer without looking' loss varies. Training runs
+under `deterministic_training`: the same seed, steps and thread count give bit-identical weights on
+one machine whatever its load (a different thread count sums in another order: other weights).
 
     train_base_model("world/", "base_model/", steps=DEFAULT_BASE_STEPS)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +78,6 @@ def train_base_model(
     A recipe whose demo needs more than short answers (MPO's chain of thought, IPA's verdicts) adds
     `extra_examples(train_dir, processor, seed)` to the standard mix under the name `mix`, and may
     give its own `build_model(world_dir, out_dir, seed=)` (a tokenizer that knows its phrases)."""
-    import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     problems = [f"{k}={v}: must be >= 1" for k, v in
@@ -85,24 +88,27 @@ def train_base_model(
         problems.append(f"warmup_ratio={warmup_ratio}: must be in [0, 1)")
     if problems:
         raise ValueError("toyworld sft: " + "; ".join(problems))
-    torch.set_num_threads(threads)
-    out = (build_model or build_untrained_model)(world_dir, out_dir, seed=seed)
-    processor = AutoProcessor.from_pretrained(out)
-    model = LlavaForConditionalGeneration.from_pretrained(out)
-    split = Path(world_dir) / "train"
-    pixels, examples = load_examples(split, processor)
-    extra = extra_examples(split, processor, seed) if extra_examples else []
-    log.info("toyworld sft: %d examples (+%d %s) on %d images, %d steps of %d", len(examples), len(extra),
-             mix or "standard", len(pixels), steps, batch_size)
-    start = time.monotonic()
-    losses = _train(model, pixels, examples + extra, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
-                    warmup_ratio=warmup_ratio, log_every=log_every, pad_id=processor.tokenizer.pad_token_id)
-    seconds = round(time.monotonic() - start, 1)
+    # Everything from the model's initialisation to the last step runs under one setting.
+    with deterministic_training(seed, threads):
+        out = (build_model or build_untrained_model)(world_dir, out_dir, seed=seed)
+        processor = AutoProcessor.from_pretrained(out)
+        model = LlavaForConditionalGeneration.from_pretrained(out)
+        split = Path(world_dir) / "train"
+        pixels, examples = load_examples(split, processor)
+        extra = extra_examples(split, processor, seed) if extra_examples else []
+        log.info("toyworld sft: %d examples (+%d %s) on %d images, %d steps of %d, %d threads", len(examples),
+                 len(extra), mix or "standard", len(pixels), steps, batch_size, threads)
+        start = time.monotonic()
+        losses = _train(model, pixels, examples + extra, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+                        warmup_ratio=warmup_ratio, log_every=log_every, pad_id=processor.tokenizer.pad_token_id)
+        seconds = round(time.monotonic() - start, 1)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     params = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio,
               **({"mix": mix} if mix else {})}
-    record = {**params, "seconds": seconds, "examples": len(examples), "loss_curve": losses,
+    # The weights depend on the thread count too (reductions split per thread), so it is recorded.
+    record = {**params, "threads": threads, "deterministic": True, "seconds": seconds, "examples": len(examples),
+              "loss_curve": losses,
               **({"extra_examples": len(extra)} if extra_examples else {})}
     Path(out, SFT_RECORD_FILE).write_text(json.dumps(record, indent=1))
     world = json.loads(Path(world_dir, WORLD_FILE).read_text())
@@ -110,6 +116,43 @@ def train_base_model(
                                     data={"world_seed": world["seed"], "train_sha256": world["sha256"]["train"]}))
     log.info("toyworld sft: saved %s after %d steps (%.1f s)", out, steps, seconds)
     return out
+
+
+@contextlib.contextmanager
+def deterministic_training(seed: int, threads: int) -> Iterator[None]:
+    """A fixed thread count, deterministic kernels and seeded torch/numpy/random for one training
+    run; the thread count, the deterministic flag and the random states are put back afterwards,
+    so the rest of the process (other stages, tests) is unaffected.
+
+    Measured on 2 cores (torch 2.13 CPU, MKL + OpenMP): the same thread count gave bit-identical
+    weights with or without heavy load (three busy processes); 1 vs 2 threads gave different ones.
+    Every op the tiny LLaVA trains with (SDPA on CPU included) has a deterministic CPU kernel, so
+    warn_only=False holds: an op without one raises rather than silently varying."""
+    import numpy as np
+    import torch
+
+    saved_threads = torch.get_num_threads()
+    saved_flag = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    saved_random = (random.getstate(), np.random.get_state())
+    torch.set_num_threads(threads)
+    try:
+        # Once per process, before any inter-op work, and never undone: later calls raise. It only
+        # sizes the pool that torch.jit.fork uses; the training ops run on the intra-op threads above.
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        log.debug("toyworld sft: inter-op threads already fixed at %d", torch.get_num_interop_threads())
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    try:
+        with torch.random.fork_rng(devices=[]):  # CPU only: the caller's torch random state comes back
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.use_deterministic_algorithms(saved_flag[0], warn_only=saved_flag[1])
+        torch.set_num_threads(saved_threads)
+        random.setstate(saved_random[0])
+        np.random.set_state(saved_random[1])
 
 
 def load_examples(split_dir: Path, processor) -> tuple[Any, list[Example]]:
