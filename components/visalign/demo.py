@@ -52,16 +52,22 @@ def _base_trainer(recipe: str):
 
 def prepare_inputs(out: Path, seed: int, base_steps: int, timings: dict[str, float],
                    recipe: str = "seva") -> tuple[Path, Path]:
-    """The toy world and its base model, built once per (seed, steps) and reused."""
-    from visalign.toyworld import build_world
+    """The toy world and its base model, built once per (seed, steps, world format) and reused."""
+    import shutil
+
+    from visalign.toyworld import FORMAT_VERSION, build_world, world_is_current
     from visalign.toyworld.judged import write_judged_data
     from visalign.toyworld.steps import write_step_data
 
     train_base_model, _ = _base_trainer(recipe)
     tag = f"{recipe}-" if recipe in BASE_MODEL_TRAINERS else ""
-    world, model = out / f"world-{seed}", out / f"base-model-{tag}{seed}-{base_steps}"
-    if not (world / "world.json").exists():
+    # The format version is in the model's name: a base model trained on an older world is not reused.
+    world, model = out / f"world-{seed}", out / f"base-model-{tag}{seed}-{base_steps}-v{FORMAT_VERSION}"
+    if not world_is_current(world):
         with _timed("build toy world", timings):
+            if world.exists():  # an older format (or a half-built world): its extra files would be kept
+                log.info("demo: %s is not a world of format %d; rebuilding it", world, FORMAT_VERSION)
+                shutil.rmtree(world)
             build_world(world, seed=seed)
     # MPO's step-by-step seeds and benchmark (idempotent, also for a world built before they existed):
     # every recipe's demo then scores the same benchmarks, whichever demo ran first in this folder.

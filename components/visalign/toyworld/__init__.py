@@ -8,7 +8,15 @@ torch and transformers are imported only inside the model functions, so importin
 (for the world alone) stays light.
 """
 
-from visalign.toyworld.export import BENCHMARKS, build_world, check_disjoint, decode_image, read_tsv
+from visalign.toyworld.export import (
+    BENCHMARKS,
+    FORMAT_VERSION,
+    build_world,
+    check_disjoint,
+    decode_image,
+    read_tsv,
+    world_is_current,
+)
 from visalign.toyworld.model import CHAT_TEMPLATE, build_tiny_vlm, train_tokenizer
 from visalign.toyworld.sft import DEFAULT_BASE_STEPS, build_untrained_model, train_base_model
 from visalign.toyworld.world import (
@@ -31,9 +39,9 @@ from visalign.toyworld.world import (
 )
 
 __all__ = [
-    "BENCHMARKS", "CHAT_TEMPLATE", "COLOURS", "DEFAULT_BASE_STEPS", "MC_SUFFIX", "OBJECTS", "POPE_STRATEGIES",
-    "SHAPES",
+    "BENCHMARKS", "CHAT_TEMPLATE", "COLOURS", "DEFAULT_BASE_STEPS", "FORMAT_VERSION", "MC_SUFFIX", "OBJECTS",
+    "POPE_STRATEGIES", "SHAPES",
     "Question", "Scene", "Shape", "WorldStats", "build_tiny_vlm", "build_untrained_model", "build_world",
     "check_disjoint", "decode_image", "mc_prompt", "pixel_hash", "pope_negative", "pope_pair", "read_tsv",
-    "render", "sample_scene", "text_corpus", "train_base_model", "train_tokenizer",
+    "render", "sample_scene", "text_corpus", "train_base_model", "train_tokenizer", "world_is_current",
 ]

@@ -29,7 +29,12 @@ _BUILD_HELP = {
     "seed": "Seed of the whole world; the same seed gives byte-identical files.",
     "num_seed_images": "Images of the pipeline's seed prompts (3 questions each).",
     "num_train_images": "Images of the base model's SFT data (about 6 questions each).",
-    "num_bench_images": "Held-out images shared by the three benchmarks (2 rows each per benchmark).",
+    "num_bench_images": "Held-out images of the guard benchmarks toy_mc, toy_short, toy_multi_grid, toy_mmvet "
+                        "(the first of the held-out pool; about 2 rows each per benchmark).",
+    "num_heldout_images": "Held-out benchmark image pool, all distinct and never a seed or train image: toy_pope "
+                          "and toy_steps ask 2 questions about each, toy_multi_seq draws its images from it.",
+    "num_multi_seq_rows": "Rows of toy_multi_seq (2-4 pool images each; MIA-DPO's target benchmark).",
+    "num_multi_grid_rows": "Rows of toy_multi_grid (a 2x2 collage of guard images each).",
     "image_size": "Side of the square images in pixels (the tiny model uses 64).",
 }
 _SFT_HELP = {

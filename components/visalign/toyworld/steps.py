@@ -3,8 +3,9 @@ short worked rationale ending in "Final answer: X" (the format visalign.stages.c
 
     seeds/steps.json          LLaVA rows on the seed images: step questions with their answer, plus
                               open questions with no answer (gpt value null: DropoutNTP's seeds)
-    benchmarks/toy_steps.tsv  VLMEvalKit TSV with an answer_type column (evaluate's COT task), on
-                              the benchmark images (held out, as every benchmark)
+    benchmarks/toy_steps.tsv  VLMEvalKit TSV with an answer_type column (evaluate's COT task): MPO's
+                              target, 2 questions on each image of the held-out pool (over
+                              1,000 rows by default; held out, as every benchmark)
 
 `write_step_data` adds both to a built world (idempotent; the demo writes them for every recipe).
 `step_examples` is the base model's chain-of-thought SFT mix (visalign.toyworld.mpo_sft).
@@ -95,7 +96,7 @@ def _scenes(path: Path) -> list[W.Scene]:
 
 def write_step_data(world_dir: str | Path, *, seed: int = 0, per_image: int = 2) -> dict[str, int]:
     """seeds/steps.json and benchmarks/toy_steps.tsv for a built world (skipped when present)."""
-    from visalign.toyworld.export import TSV_COLUMNS, held_out_images, read_tsv
+    from visalign.toyworld.export import POOL_BENCHMARK, TSV_COLUMNS, held_out_images, read_tsv
 
     world = Path(world_dir)
     seeds_path, bench_path = world / "seeds" / STEPS_SEEDS, world / "benchmarks" / f"{STEPS_BENCHMARK}.tsv"
@@ -114,7 +115,7 @@ def write_step_data(world_dir: str | Path, *, seed: int = 0, per_image: int = 2)
             turns += [{"from": "human", "value": f"<image>\n{OPEN_QUESTION}"}, {"from": "gpt", "value": None}]
         rows.append({"id": stable_id("toyworld", "steps", rel), "image": rel, "conversations": turns})
     seeds_path.write_text(json.dumps(rows, indent=1))
-    by_image = held_out_images(world)  # toy_short's held-out images and their scenes
+    by_image = held_out_images(world, POOL_BENCHMARK)  # every held-out pool image and its scene
     n = 0
     with open(bench_path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")

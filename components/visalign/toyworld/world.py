@@ -90,11 +90,12 @@ class Question:
     options: tuple[str, ...] | None = None
     target: tuple[str, str] | None = None  # the object asked about, when there is one
 
-    def prompt(self) -> str:
-        """The question as the model sees it (LLaVA-1.5's short-answer and letter formats)."""
+    def prompt(self, suffix: bool = True) -> str:
+        """The question as the model sees it (LLaVA-1.5's short-answer and letter formats); with
+        suffix=False a yes/no or short question stays bare (as SeVa's seeds ask it)."""
         if self.options:
             return mc_prompt(self.question, self.options)
-        return f"{self.question}\n{SHORT_ANSWER_SUFFIX}"
+        return f"{self.question}\n{SHORT_ANSWER_SUFFIX}" if suffix else self.question
 
 
 def mc_prompt(question: str, options: Iterable[str]) -> str:
@@ -336,7 +337,8 @@ def rotate(seq: tuple[str, ...], i: int) -> tuple[str, ...]:
 
 def text_corpus() -> list[str]:
     """Every question, prompt format and answer of the world, for the tokenizer: enumerated from
-    the vocabulary (not sampled), so any seed gives the same tokenizer."""
+    the vocabulary (not sampled), so any seed gives the same tokenizer. A question and its suffix
+    are two lines of corpus.txt, so the bare questions of the train split are in it too."""
     lines: list[str] = []
     answers = ["yes", "no", *COLOURS, *SHAPES, *_MC_CHOICES["count"], *LETTERS]
     for obj in OBJECTS:

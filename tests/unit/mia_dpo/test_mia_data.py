@@ -98,7 +98,8 @@ def test_multi_image_benchmarks_are_vlmevalkit_rows_evaluate_reads(tmp_path):
     from visalign.stages import benchmarks, evaluate
     from visalign.toyworld import build_world, check_disjoint, read_tsv
 
-    info = build_world(tmp_path / "w", seed=3, num_seed_images=20, num_train_images=20, num_bench_images=12)
+    info = build_world(tmp_path / "w", seed=3, num_seed_images=20, num_train_images=20, num_bench_images=12,
+                       num_heldout_images=16, num_multi_seq_rows=48)
     assert info["counts"]["toy_multi_seq_rows"] > 40 and info["counts"]["toy_multi_grid_rows"] > 40
     check_disjoint(tmp_path / "w")
     rows = read_tsv(tmp_path / "w" / "benchmarks" / "toy_multi_seq.tsv")
@@ -119,7 +120,8 @@ def test_evaluate_answers_multi_image_rows_with_the_model(tiny_model, tmp_path):
     from visalign.stages import evaluate
     from visalign.toyworld import build_world
 
-    build_world(tmp_path / "w", seed=3, num_seed_images=8, num_train_images=8, num_bench_images=8)
+    build_world(tmp_path / "w", seed=3, num_seed_images=8, num_train_images=8, num_bench_images=8,
+                num_heldout_images=8)
     report = evaluate.run(benchmarks=[str(tmp_path / "w" / "benchmarks" / "toy_multi_seq.tsv")],
                           models={"base": str(tiny_model)}, output_dir=str(tmp_path / "eval"),
                           params=EvaluateParams(batch_size=8, max_new_tokens=2, limit=8))

@@ -16,7 +16,7 @@ def world(tmp_path_factory):
     from visalign.toyworld import build_world
 
     w = tmp_path_factory.mktemp("steps") / "world"
-    build_world(w, seed=3, num_seed_images=12, num_train_images=10, num_bench_images=6)
+    build_world(w, seed=3, num_seed_images=12, num_train_images=10, num_bench_images=6, num_heldout_images=9)
     counts = steps.write_step_data(w, seed=3)
     return w, counts
 

@@ -19,7 +19,8 @@ from visalign.recipes import SHORT_ANSWER_SUFFIX
 from visalign.toyworld import export, sft
 from visalign.toyworld import world as W
 
-SMALL = {"num_seed_images": 12, "num_train_images": 40, "num_bench_images": 12}
+SMALL = {"num_seed_images": 12, "num_train_images": 40, "num_bench_images": 12, "num_heldout_images": 20,
+         "num_multi_seq_rows": 30}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,11 @@ def expected_answer(scene: W.Scene, question: str, options: list[str] | None = N
 
 
 def parse_llava_prompt(value: str) -> tuple[str, list[str] | None]:
+    """(question, options); a yes/no or short question may come bare (the train split's mix)."""
     assert value.startswith("<image>\n")
     lines = value.removeprefix("<image>\n").split("\n")
+    if len(lines) == 1:
+        return lines[0], None
     if lines[-1] == SHORT_ANSWER_SUFFIX:
         return "\n".join(lines[:-1]), None
     assert lines[-1] == W.MC_SUFFIX and len(lines) == 6, lines
@@ -161,7 +165,10 @@ def test_benchmark_tsvs_are_vlmevalkit_and_correct(world_dir):
         df = pd.read_csv(path, sep="\t")
         assert list(df.columns[:5]) == ["index", "image", "question", "answer", "category"]
         assert len(df) == manifest["counts"][f"{name}_rows"]
-        assert 1.5 * SMALL["num_bench_images"] <= len(df) <= 2 * SMALL["num_bench_images"]
+        if name == "toy_pope":  # the target: a yes and a no about every image of the held-out pool
+            assert len(df) == 2 * SMALL["num_heldout_images"] == 2 * df.image.nunique()
+        else:  # the guards: about 2 rows on each of the pool's first num_bench_images images
+            assert 1.5 * SMALL["num_bench_images"] <= len(df) <= 2 * SMALL["num_bench_images"]
         assert not df.duplicated(["image", "question"]).any() or name == "toy_pope"
         assert not df.duplicated(["image", "question", "answer"]).any()
         with open(path, newline="") as f:
@@ -196,6 +203,8 @@ def test_llava_json_shape_and_answers(world_dir):
             assert [t["from"] for t in e["conversations"]] == ["human", "gpt"]
             assert (world_dir / split / e["image"]).is_file()
             question, options = parse_llava_prompt(e["conversations"][0]["value"])
+            if split == "seeds":  # SeVa's sample stage strips the suffix itself: seeds keep it
+                assert "\n" in e["conversations"][0]["value"].removeprefix("<image>\n")
             scene = split_scenes[int(re.search(r"_(\d+)\.png$", e["image"])[1])]
             assert e["conversations"][1]["value"] == expected_answer(scene, question, options)
 
@@ -223,6 +232,9 @@ def test_benchmark_images_are_held_out(world_dir, tmp_path):
 def test_build_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="num_train_images=0"):
         export.build_world(tmp_path, num_train_images=0)
+    every_problem = r"num_multi_seq_rows=0: must be >= 1; num_bench_images=9: must be <= num_heldout_images=8"
+    with pytest.raises(ValueError, match=every_problem):
+        export.build_world(tmp_path, num_bench_images=9, num_heldout_images=8, num_multi_seq_rows=0)
 
 
 def test_cli_build_and_untrained_model(tmp_path, capsys):
@@ -230,7 +242,8 @@ def test_cli_build_and_untrained_model(tmp_path, capsys):
 
     world = tmp_path / "world"
     assert main(["toyworld", "build", "--out", str(world), "--num-seed-images", "2",
-                 "--num-train-images", "3", "--num-bench-images", "2", "--seed", "4"]) == 0
+                 "--num-train-images", "3", "--num-bench-images", "2", "--num-heldout-images", "2",
+                 "--seed", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["toy_pope_rows"] == 4
     assert json.loads((world / "world.json").read_text())["seed"] == 4
     assert main(["toyworld", "model", "--world", str(world), "--out", str(tmp_path / "m"), "--untrained"]) == 0
