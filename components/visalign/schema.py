@@ -32,6 +32,7 @@ RESPONSES_FILE = "responses.jsonl"
 PAIRS_FILE = "pairs.jsonl"
 MODEL_CARD_FILE = "visalign_model.json"
 RESULTS_FILE = "results.json"
+PAIRED_KEY = "_paired"  # results.json: each model against the base, with intervals and p-values
 REPORT_FILE = "report.json"
 
 

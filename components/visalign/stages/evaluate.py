@@ -69,7 +69,7 @@ from visalign.stages.metrics import (
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "visalign"
-PAIRED = "_paired"  # results.json key: each model against the reference (base), with intervals and p-values
+PAIRED = schema.PAIRED_KEY
 BASE = "base"
 COMPARISON_FILE = "comparison.md"  # base vs aligned, the evaluate step's Markdown in the Kubeflow UI
 JUDGE_CACHE_FILE = "judge_cache.jsonl"

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 CANDIDATE, BASE = "aligned", "base"  # the model names evaluate's results.json is keyed by
-PAIRED_KEY = "_paired"  # evaluate's paired comparisons (visalign.stages.evaluate.PAIRED)
 EXPERIMENT = "visalign"
 METRIC_TAG = "eval."  # version tag prefix of the evaluation metrics: eval.<bench>/<metric>
 MODEL_ARTIFACT = "model"
@@ -290,7 +289,7 @@ def read_results(eval_dir: str) -> tuple[Metrics, Metrics, Paired | None]:
         models = sorted(k for k in results if not k.startswith("_"))
         raise InputError(uri, f"no results for model(s) {missing}; found {models}. "
                          f"Run evaluate with --model {BASE}=<base> --model {CANDIDATE}=<aligned model>.")
-    paired = results.get(PAIRED_KEY, {})
+    paired = results.get(schema.PAIRED_KEY, {})
     if paired.get("reference") != BASE or CANDIDATE not in paired.get("models", {}):
         return results[CANDIDATE], results[BASE], None
     return results[CANDIDATE], results[BASE], {"confidence": paired["confidence"],

@@ -3,7 +3,6 @@ blank image in the blank conditions."""
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -14,11 +13,8 @@ from visalign.stages import rollout
 from visalign.stages.metrics import SHORT_PROMPT
 from visalign.toyworld import export, probe, sft
 
-# Every size small; only those build_world takes (the held-out pool and multi-image row counts
-# came later than the rest).
-_SIZES = {"num_seed_images": 4, "num_train_images": 6, "num_bench_images": 6, "num_heldout_images": 6,
-          "num_multi_seq_rows": 4, "num_multi_grid_rows": 4}
-TINY = {k: v for k, v in _SIZES.items() if k in inspect.signature(export.build_world).parameters}
+TINY = {"num_seed_images": 4, "num_train_images": 6, "num_bench_images": 6, "num_heldout_images": 6,
+        "num_multi_seq_rows": 4, "num_multi_grid_rows": 4}  # every size small
 
 
 @pytest.fixture(scope="module")
