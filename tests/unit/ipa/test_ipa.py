@@ -394,7 +394,9 @@ def test_a_down_endpoint_trips_the_breaker_and_fails_the_step_clearly(prompts_di
 def test_errors_below_the_share_go_on_and_are_asked_again_on_resume(prompts_dir, tmp_path):
     server = StandInEndpoint(script=["500", "500"])  # the first two items fail, the rest are judged
     try:
-        recipe = _recipe(**{"verify.endpoint_retries": 0, "verify.batch_size": 1})
+        # One request in flight: with more, "the first two requests" can be any two items (one seed's
+        # two candidates leave 3 pairs, two seeds' leave 2), which made this test flaky.
+        recipe = _recipe(**{"verify.endpoint_retries": 0, "verify.batch_size": 1, "verify.endpoint_concurrency": 1})
         verifier = EndpointVerifier(server.url, "judge", None, recipe.verify)
         c1, out = _four_seeds(prompts_dir, tmp_path), tmp_path / "p"
         first = ipa_pairs.run(prompts_dir=str(prompts_dir), candidates_dir=str(c1), output_dir=str(out),
