@@ -116,6 +116,11 @@ class TrainParams:
     deepspeed: str | None = _p("zero3", "DeepSpeed config shipped in the package: zero2, zero3, or None for plain DDP/CPU.")
     precision: str = _p("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp32.")
     gradient_checkpointing: bool = _p(True, "Recompute activations to save memory (TRL's default on).")
+    precompute_reference: str = _p("auto", "The reference model's log-probs computed once per unique pair before "
+                                   "training and read from the batch (stages.reference), instead of a reference "
+                                   "forward on every step: on, off, or auto = on where it saves work (data_repeats or "
+                                   "num_epochs > 1, or full parameters, where no reference copy is loaded at all).")
+    reference_batch_size: int = _p(8, "Pairs per batch of the reference pass (no grad, so larger than training's).")
     merge: bool = _p(False, "Also save the adapter merged into the base model.")
     logging_steps: int = _p(1, "Log the loss every this many steps.")
     save_steps: int = _p(200, "Save a resumable checkpoint every this many optimiser steps.")

@@ -26,7 +26,8 @@ def validate(recipe: Recipe) -> None:
     for where, v in (("rollout.batch_size", r.batch_size), ("rollout.max_new_tokens", r.max_new_tokens),
                      ("evaluate.batch_size", e.batch_size), ("train.per_device_batch_size", t.per_device_batch_size),
                      ("train.gradient_accumulation_steps", t.gradient_accumulation_steps),
-                     ("train.data_repeats", t.data_repeats), ("rollout.checkpoint_every", r.checkpoint_every)):
+                     ("train.data_repeats", t.data_repeats),
+                     ("train.reference_batch_size", t.reference_batch_size), ("rollout.checkpoint_every", r.checkpoint_every)):
         if v < 1:
             p.append(f"{where}={v}: must be >= 1")
     if e.judge not in ("none", "endpoint"):
@@ -71,6 +72,8 @@ def validate(recipe: Recipe) -> None:
         p.append(f"train.num_nodes={t.num_nodes}: must be >= 1 (1 = train in the step's own pod)")
     if t.precision not in ("auto", "bf16", "fp32"):
         p.append(f"train.precision={t.precision!r}: choose auto, bf16 or fp32 (fp16 is not supported; use bf16)")
+    if t.precompute_reference not in ("auto", "on", "off"):
+        p.append(f"train.precompute_reference={t.precompute_reference!r}: choose auto, on or off")
     for lt in t.loss_type:
         if lt not in LOSS_TYPES:
             p.append(f"train.loss_type: {lt!r}: unknown; choose from {sorted(LOSS_TYPES)}")

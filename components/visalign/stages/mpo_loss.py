@@ -28,8 +28,7 @@ from typing import Any
 from visalign.recipes.registry import MPO_LOSS_TYPES
 
 # The DPOConfig options the delta-aware path assumes at their defaults (it does not implement the others).
-PLAIN_DPO_OPTIONS = {"ld_alpha": None, "use_weighting": False, "precompute_ref_log_probs": False,
-                     "f_divergence_type": "reverse_kl"}
+PLAIN_DPO_OPTIONS = {"ld_alpha": None, "use_weighting": False, "f_divergence_type": "reverse_kl"}
 DELTA_FILE = "mpo_delta.json"  # in every checkpoint-*/ folder: a resumed run continues the running mean
 
 
@@ -122,13 +121,12 @@ def trainer_class():
             do not set them, a caller building the trainer directly may)."""
             unsupported = [t for t in self.loss_types if t not in MPO_LOSS_TYPES]
             options = {"ld_alpha": self.ld_alpha, "use_weighting": self.use_weighting,
-                       "precompute_ref_log_probs": self.precompute_ref_logps,
                        "f_divergence_type": self.f_divergence_type}
             changed = {k: v for k, v in options.items() if v != PLAIN_DPO_OPTIONS[k]}
             if unsupported or changed:
                 raise ValueError(
                     f"train.loss_type={self.loss_types}: bco_pair with MPO's delta combines only with "
-                    f"{MPO_LOSS_TYPES}, plain reverse-KL DPO, no ld_alpha/use_weighting/precomputed reference; "
+                    f"{MPO_LOSS_TYPES}, plain reverse-KL DPO, no ld_alpha/use_weighting; "
                     f"unsupported here: {unsupported or changed}. Set train.bco_delta=false for TRL's "
                     "bco_pair (no shift).")
 
@@ -160,8 +158,11 @@ def trainer_class():
             shift_mask = completion_mask[..., 1:]
             per_token_logps = outputs.log_probs[:, -shift_mask.size(1):]
             chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)  # batch is [chosen, rejected]
-            ref_chosen, ref_rejected = self.compute_ref_log_probs(
-                self.ref_model if self.ref_model is not None else model, inputs)
+            if self.precompute_ref_logps:  # stages.reference: computed once per pair before training
+                ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            else:
+                ref_chosen, ref_rejected = self.compute_ref_log_probs(
+                    self.ref_model if self.ref_model is not None else model, inputs)
             chosen_mask, _ = shift_mask.chunk(2, dim=0)
             chosen_nll = -per_token_logps.chunk(2, dim=0)[0][chosen_mask.bool()].mean()  # TRL's "sft"
 

@@ -77,6 +77,7 @@ def load_pairs_dataset(pairs_dir: str | os.PathLike, repeats: int = 1, report: S
         raise EmptyResult(f"{file}: no pairs to train on ({report.empty_message()}); see also the report.json "
                           "of the step that built them for the rows it dropped and why")
     rows = [{
+        "pair_id": p.id,  # repeated rows find their pair's precomputed reference log-probs (stages.reference)
         "images": [str(Path(pairs_dir) / im) for im in p.images],
         # the same chat turn rollout builds: images first, or where the prompt's <image> markers are
         "prompt": user_message(p.prompt, len(p.images)),
@@ -244,6 +245,8 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
 
     from visalign.infra import tracking
     from visalign.models import from_pretrained, load_processor, local_dir
+    from visalign.stages import reference
+    from visalign.stages.resume import model_digest
 
     tracking.check_reachable()  # in seconds, before the model loads (MLflow's client retries ~250 s)
     report = StageReport("train")
@@ -260,6 +263,8 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
     base_dir = local_dir(model)
     ckpt_dir = Path(params.checkpoint_dir) if params.checkpoint_dir else out / "_checkpoints"
     resumable = _check_resume(ckpt_dir, base_dir, pairs, params)  # before the model takes memory
+    precompute = reference.should_precompute(params.precompute_reference, data_repeats=params.data_repeats,
+                                             num_epochs=params.num_epochs, lora_r=params.lora_r)
     processor = load_processor(base_dir)
     check_max_length(pairs_dir, dataset, pairs, processor, params.max_length)  # before the model takes memory
     # safetensors only, unless opted in (visalign.models.loading_policy)
@@ -277,14 +282,24 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
         if resume:
             curve.history = _take_over(ckpt_dir, resume_from, mlrun.info.run_id)
         _record_run(ckpt_dir, mlrun.info.run_id)
-        trainer = _trainer(params)(model=policy, args=_dpo_config(params, ckpt_dir, bf16), train_dataset=dataset,
-                                   processing_class=processor, peft_config=peft_config, callbacks=[curve],
-                                   data_collator=preference_collator(processor, params.max_length))
+        trainer_class, extra = _trainer(params), {}
+        if precompute:
+            extra["reference_cache"] = reference.ReferenceCache(ckpt_dir, {
+                "model": model_digest(base_dir), "max_length": params.max_length, "dtype": str(policy.dtype)},
+                {p.id: reference.pair_digest(p, pairs_dir) for p in pairs})
+            trainer_class = reference.precomputed_reference_trainer(trainer_class)
+        trainer = trainer_class(model=policy, args=_dpo_config(params, ckpt_dir, bf16), train_dataset=dataset,
+                                processing_class=processor, peft_config=peft_config, callbacks=[curve],
+                                data_collator=preference_collator(processor, params.max_length), **extra)
+        ref_stats = {"precomputed": precompute, "reference_model_loaded": trainer.ref_model is not None,
+                     **(extra["reference_cache"].stats if precompute else {})}
         log.info("train: %d pairs x %d repeats, %s, resume=%s", len(pairs), params.data_repeats,
                  f"LoRA r={params.lora_r}" if peft_config else "full", resume)
         try:
             result = trainer.train(resume_from_checkpoint=resume_from)
             _save(trainer, processor, out, params, model, recipe, pairs, pairs_dir, mlrun.info.run_id)
+            if precompute:  # beside the model too: what it was trained against, per pair
+                shutil.copy(ckpt_dir / reference.CACHE_FILE, out / reference.CACHE_FILE)
         finally:
             _release_deepspeed()
         (out / "loss_curve.json").write_text(json.dumps(curve.history))
@@ -297,7 +312,7 @@ def run(*, pairs_dir: str, model: str, output_dir: str, params: TrainParams, rec
         model=str(model), steps=result.global_step, resumed=resume, final_loss=round(result.training_loss, 6),
         train_seconds=metrics.get("train_runtime"), samples_per_second=metrics.get("train_samples_per_second"),
         mlflow_run_id=mlrun.info.run_id, deepspeed=params.deepspeed, bf16=bf16,
-        peak_gpu_memory_gb=round(torch.cuda.max_memory_allocated() / 2**30, 3) if gpu else None,
+        peak_gpu_memory_gb=round(torch.cuda.max_memory_allocated() / 2**30, 3) if gpu else None, reference=ref_stats,
     )
     report.write(out)
     return report
@@ -318,7 +333,8 @@ def _check_resume(ckpt_dir: Path, base_dir: Path, pairs: list, params: TrainPara
     from visalign.stages import resume
 
     settings = {k: v for k, v in _asdict(params).items()
-                if k not in ("checkpoint_dir", "save_steps", "logging_steps", "resume_mismatch", "merge")}
+                if k not in ("checkpoint_dir", "save_steps", "logging_steps", "resume_mismatch", "merge",
+                             "precompute_reference", "reference_batch_size")}  # these leave the result as it is
     parts = resume.fingerprint(model=resume.model_digest(base_dir), pairs=sorted(p.id for p in pairs),
                                parameters=settings)
     return resume.check(ckpt_dir, parts, sorted(ckpt_dir.glob("checkpoint-*")), params.resume_mismatch, "train",
