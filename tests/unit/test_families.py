@@ -12,6 +12,7 @@ with a clear error, and its rows must be the families built here.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from pathlib import Path
@@ -221,6 +222,11 @@ def test_two_dpo_steps_then_the_adapter_reloads_and_generates(family, pairs_dir,
                          warmup_ratio=0.0, data_repeats=1, num_epochs=1)
     report = train.run(pairs_dir=str(pairs_dir), model=str(path), output_dir=str(tmp_path / "adapter"), params=params)
     assert report.extra["steps"] == 2 and report.extra["final_loss"] == report.extra["final_loss"]  # not NaN
+    # The reference log-probs precomputed per pair (this family's collator, image tokens, padding) train the same.
+    pre = train.run(pairs_dir=str(pairs_dir), model=str(path), output_dir=str(tmp_path / "pre"),
+                    params=dataclasses.replace(params, precompute_reference="on", reference_batch_size=3))
+    assert pre.extra["reference"]["computed"] == 4 and report.extra["reference"]["precomputed"] is False
+    assert pre.extra["final_loss"] == pytest.approx(report.extra["final_loss"], abs=1e-4)
     adapter = load_model(str(tmp_path / "adapter"), device="cpu")
     from peft import PeftModel
 
