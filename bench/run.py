@@ -4,7 +4,8 @@ Measures, in one process and one run (ratios are only meaningful within a run on
 machines): sample rows/s; augment views/s (diffusion and a pixel recipe); rollout responses/s
 batched vs one prompt at a time (and whether their outputs agree); train samples/s of DPO+LoRA.
 The model is an untrained tiny LLaVA built from config; the point is the pipeline's overhead and
-the batching ratio, not model quality.
+the batching ratio, not model quality. Then train_cost.py: the reference model's cost, inline vs
+precomputed reference log-probs, on a larger bench model (bench-output/train_cost.json too).
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench-output")
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--skip-train-cost", action="store_true", help="Leave out train_cost.py (about 15 minutes).")
     args = ap.parse_args(argv)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"file://{tempfile.mkdtemp()}/mlruns")
+    # A local SQLite store: MLflow 3 refuses file:// tracking URIs ("file store is no longer supported").
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
 
     from visalign import schema
     from visalign.models import load_model
@@ -61,7 +64,9 @@ def main(argv=None) -> int:
     from visalign.stages import filter as filt
     from visalign.toyworld.model import build_tiny_vlm
 
+    out = Path(args.out).resolve()
     tmp = Path(tempfile.mkdtemp(prefix="visalign-bench-"))
+    os.chdir(tmp)  # the SQLite store keeps artifacts in ./mlruns
     seeds = make_seeds(tmp / "seeds", args.prompts)
     model = build_tiny_vlm(tmp / "model", ["What colour is the circle?"] + COLOURS * 10)
     results: dict = {"machine": {"python": sys.version.split()[0], "platform": platform.platform(),
@@ -100,10 +105,15 @@ def main(argv=None) -> int:
                                          gradient_checkpointing=False, data_repeats=1))
         results["train_samples_per_s"] = r.extra["samples_per_second"]
         results["train_seconds"] = r.extra["train_seconds"]
+    if not args.skip_train_cost:
+        import train_cost
 
-    out = Path(args.out)
+        results["train_cost"] = train_cost.run_all(tmp / "train-cost", 12)
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    if "train_cost" in results:
+        (out / "train_cost.json").write_text(json.dumps(results["train_cost"], indent=2))
     print(json.dumps(results, indent=2))
     return 0
 
