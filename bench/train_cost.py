@@ -110,7 +110,7 @@ def run_all(work: Path, n_pairs: int) -> dict:
     out: dict = {"model": {**MODEL, "parameters": size, "image_tokens": (336 // 14) ** 2}, "runs": []}
     for name in CONFIGS:
         for setting in ("off", "on"):
-            done = subprocess.run([sys.executable, __file__, "--one", f"{name}:{setting}", "--work", str(work),
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", f"{name}:{setting}", "--work", str(work),
                                    "--pairs", str(n_pairs)], check=True, capture_output=True, text=True, cwd=work)
             row = json.loads(done.stdout.strip().splitlines()[-1])
             print(json.dumps(row), file=sys.stderr)
